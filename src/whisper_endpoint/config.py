@@ -1,0 +1,51 @@
+"""Server and pipeline settings: command-line flags and WHISPER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "whisper-endpoint"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WHISPER_", extra="ignore")
+
+    model: str = Field("base", description="Bundled alias (base, tiny.en), a local folder or a hub repo id.")
+    engine: Literal["auto", "ctranslate2", "vllm"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = Field("default", description="CTranslate2 compute type; default: int8 on CPU.")
+    cpu_threads: int = Field(0, ge=0, description="Threads per engine call; 0 uses every core.")
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = None
+    log_level: str = "info"
+
+    strategy: Literal["batched", "sequential"] = "batched"
+    max_upload_bytes: int = Field(200 * MiB, gt=0)
+    max_audio_duration_s: float = Field(4 * 3600.0, gt=0)
+
+    max_batch_size: int = Field(8, ge=1, description="Windows per engine call.")
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more windows.")
+    max_queued_audio_s: float = Field(4 * 3600.0, gt=0, description="Admitted audio not yet transcribed.")
+    max_inflight_requests: int = Field(64, ge=1)
+    request_timeout_s: float = Field(3600.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    worker_threads: int = Field(0, ge=0, description="Front-end (decode, VAD, log-mel) pool; 0 = cores.")
+
+    # vLLM engine (GPU)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int = Field(256, ge=1)
+    kv_cache_dtype: str = Field("auto", description="auto: fp8 on compute capability >= 8.9.")
+    enforce_eager: bool = False

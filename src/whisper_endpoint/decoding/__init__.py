@@ -1,0 +1,1 @@
+"""Engine-agnostic long-form decoding: windows, temperature fallback, timestamps, words."""

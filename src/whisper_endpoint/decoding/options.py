@@ -1,0 +1,34 @@
+"""Options of one transcription, as the API and CLI pass them down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Task = Literal["transcribe", "translate"]
+Strategy = Literal["batched", "sequential"]
+
+# openai/whisper's fallback ladder and thresholds.
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+COMPRESSION_RATIO_THRESHOLD = 2.4  # gzip ratio above this means the text repeats itself
+LOGPROB_THRESHOLD = -1.0  # mean token log-probability below this means the decode is unsure
+NO_SPEECH_THRESHOLD = 0.6  # with a low log-prob, a window this likely silent is dropped
+MAX_PROMPT_TOKENS = 223  # half the decoder context minus one, as openai/whisper
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    task: Task = "transcribe"
+    language: str | None = None  # None: detect
+    prompt: str | None = None
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    beam_size: int = 1
+    word_timestamps: bool = False
+    token_logprobs: bool = False
+    strategy: Strategy = "batched"
+    condition_on_previous_text: bool = True
+    compression_ratio_threshold: float = COMPRESSION_RATIO_THRESHOLD
+    logprob_threshold: float = LOGPROB_THRESHOLD
+    no_speech_threshold: float = NO_SPEECH_THRESHOLD
+    batch_size: int = 8  # windows a request hands to the engine at once (batched strategy)
+    suppress_non_speech_symbols: bool = False

@@ -1,0 +1,291 @@
+"""Long-form transcription: the `batched` (VAD chunks, decoded in parallel) and `sequential`
+(openai/whisper's moving 30 s window) strategies, on any engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
+
+from whisper_endpoint.audio import SAMPLE_RATE
+from whisper_endpoint.audio.chunking import AudioChunk, iter_speech_chunks
+from whisper_endpoint.audio.decode import AudioSource, iter_audio
+from whisper_endpoint.audio.features import HOP_LENGTH, WINDOW_SAMPLES, log_mel_window
+from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
+from whisper_endpoint.decoding.fallback import Decoded, TimedTokens, decode_with_fallback, split_timestamps
+from whisper_endpoint.decoding.options import MAX_PROMPT_TOKENS, DecodeOptions
+from whisper_endpoint.decoding.words import SegmentSpan, words_for_window
+from whisper_endpoint.engines.base import AlignInput, Engine, WindowInput
+from whisper_endpoint.errors import UnsupportedFeatureError
+from whisper_endpoint.formats.transcript import Segment, TokenLogprob, Transcript, Word
+
+ProgressCallback = Callable[[int], None]  # absolute ms of audio done
+SPEECH_PROB = 0.5  # VAD probability that counts a frame as speech
+
+
+def samples_to_ms(samples: int) -> int:
+    return samples * 1000 // SAMPLE_RATE
+
+
+@dataclass
+class RunInfo:
+    """Filled in while a transcription runs: language once detected, duration once decoded."""
+
+    language: str | None = None
+    language_probability: float | None = None
+    samples: int = 0
+    windows: int = 0
+    fallbacks: int = 0
+
+    @property
+    def duration_ms(self) -> int:
+        return samples_to_ms(self.samples)
+
+
+@dataclass
+class _Counter:
+    info: RunInfo
+    blocks: Iterable[np.ndarray]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.blocks:
+            self.info.samples += len(block)
+            yield block
+
+
+@dataclass
+class _Context:
+    engine: Engine
+    options: DecodeOptions
+    info: RunInfo
+    next_id: int = 0
+    consumed_ms: int = 0  # how much of the last window its segments cover
+    prompt_tokens: list[int] = field(default_factory=list)
+
+
+def transcribe(
+    source: AudioSource, engine: Engine, options: DecodeOptions, progress: ProgressCallback | None = None
+) -> Transcript:
+    info = RunInfo()
+    segments = tuple(iter_segments(source, engine, options, info, progress))
+    return Transcript(options.task, info.language or "en", info.duration_ms, segments)
+
+
+def iter_segments(
+    source: AudioSource,
+    engine: Engine,
+    options: DecodeOptions,
+    info: RunInfo,
+    progress: ProgressCallback | None = None,
+) -> Iterator[Segment]:
+    """Segments in audio order as windows finish; `info` holds the language and duration."""
+    _check_capabilities(engine, options)
+    ctx = _Context(engine, options, info)
+    if options.prompt:
+        ctx.prompt_tokens = engine.tokenizer.encode(" " + options.prompt.strip())
+    if not engine.multilingual:
+        info.language = "en"
+        if options.task == "translate" or options.language not in (None, "en"):
+            raise UnsupportedFeatureError(
+                f"model {engine.model_name} is English-only: it can neither translate nor transcribe "
+                f"{options.language!r}", param="language" if options.language else "model",
+            )
+    elif options.language:
+        info.language = options.language
+    blocks = _Counter(info, iter_audio(source))
+    if options.strategy == "sequential":
+        yield from _sequential(ctx, blocks, progress)
+    else:
+        yield from _batched(ctx, blocks, progress)
+    if progress:
+        progress(info.duration_ms)
+
+
+def _check_capabilities(engine: Engine, options: DecodeOptions) -> None:
+    caps = engine.capabilities
+    if options.word_timestamps and not caps.word_timestamps:
+        raise UnsupportedFeatureError(
+            f"the {engine.name} engine cannot compute word timestamps", param="timestamp_granularities[]"
+        )
+    if options.token_logprobs and not caps.token_logprobs:
+        raise UnsupportedFeatureError(f"the {engine.name} engine cannot return logprobs", param="include[]")
+    if options.beam_size > 1 and not caps.beam_search:
+        raise UnsupportedFeatureError(f"the {engine.name} engine has no beam search", param="beam_size")
+
+
+def _detect_language(ctx: _Context, features: np.ndarray) -> None:
+    if ctx.info.language is not None:
+        return
+    if not ctx.engine.capabilities.language_detection:
+        raise UnsupportedFeatureError(f"the {ctx.engine.name} engine cannot detect the language", param="language")
+    probs = ctx.engine.detect_language([features])[0]
+    code, prob = max(probs.items(), key=lambda kv: kv[1])
+    ctx.info.language, ctx.info.language_probability = code, prob
+
+
+def _sot(ctx: _Context, timestamps: bool = True) -> tuple[int, ...]:
+    return tuple(ctx.engine.tokenizer.sot_sequence(ctx.info.language, ctx.options.task, timestamps))
+
+
+def _prompt(ctx: _Context, previous: Sequence[int]) -> tuple[int, ...]:
+    if not previous:
+        return _sot(ctx)
+    return (ctx.engine.tokenizer.sot_prev, *previous[-MAX_PROMPT_TOKENS:], *_sot(ctx))
+
+
+def _batched(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCallback | None) -> Iterator[Segment]:
+    chunks = iter_speech_chunks(iter(blocks))
+    while group := list(islice(chunks, ctx.options.batch_size)):
+        features = [log_mel_window(c.samples, ctx.engine.n_mels) for c in group]
+        _detect_language(ctx, features[0])
+        windows = [
+            WindowInput(f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)))
+            for f, c in zip(features, group, strict=True)
+        ]
+        decoded = decode_with_fallback(ctx.engine, windows, ctx.options)
+        yield from _emit(ctx, group, features, decoded, keep_tail=True)
+        if progress:
+            progress(samples_to_ms(group[-1].end))
+
+
+def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCallback | None) -> Iterator[Segment]:
+    reader = _WindowReader(iter(blocks))
+    seek = 0
+    previous = list(ctx.prompt_tokens)
+    while (window := reader.window(seek)) is not None:
+        features = log_mel_window(window.samples, ctx.engine.n_mels)
+        if not _has_speech(window.samples):
+            seek = window.end
+            continue
+        _detect_language(ctx, features)
+        window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)))
+        decoded = decode_with_fallback(ctx.engine, [window_input], ctx.options)
+        segments = list(_emit(ctx, [window], [features], decoded, keep_tail=False))
+        yield from segments
+        consumed = ctx.consumed_ms * SAMPLE_RATE // 1000
+        seek = window.start + consumed if consumed > 0 else window.end
+        if ctx.options.condition_on_previous_text and decoded[0].temperature <= 0.5:
+            previous.extend(t for s in segments for t in s.tokens)
+        else:
+            previous = list(ctx.prompt_tokens)  # a high-temperature decode is a poor prompt
+        if progress:
+            progress(samples_to_ms(seek))
+
+
+def _emit(
+    ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray], decoded: Sequence[Decoded],
+    keep_tail: bool,
+) -> Iterator[Segment]:
+    tokenizer = ctx.engine.tokenizer
+    per_window: list[list[TimedTokens]] = []
+    ctx.info.windows += len(chunks)
+    ctx.info.fallbacks += sum(1 for d in decoded if d.temperature > 0)
+    for chunk, result in zip(chunks, decoded, strict=True):
+        window_ms = samples_to_ms(len(chunk.samples))
+        if result.is_silence(ctx.options):
+            per_window.append([])
+            ctx.consumed_ms = window_ms
+            continue
+        timed, ctx.consumed_ms = split_timestamps(result.generation.tokens, tokenizer, window_ms, keep_tail)
+        speech = _speech_frames(chunk.samples)
+        per_window.append([t for t in timed if _overlaps_speech(speech, t)])
+    words = _words(ctx, chunks, features, per_window) if ctx.options.word_timestamps else None
+    for w, (chunk, result, timed) in enumerate(zip(chunks, decoded, per_window, strict=True)):
+        offset_ms = samples_to_ms(chunk.start)
+        logprobs = _logprobs(ctx, result) if ctx.options.token_logprobs else []
+        for s, piece in enumerate(timed):
+            segment = Segment(
+                id=ctx.next_id,
+                seek=chunk.start // HOP_LENGTH,
+                start_ms=offset_ms + piece.start_ms,
+                end_ms=offset_ms + piece.end_ms,
+                text=tokenizer.decode(list(piece.text_tokens)),
+                tokens=piece.tokens,
+                temperature=result.temperature,
+                avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio,
+                no_speech_prob=result.generation.no_speech_prob,
+                words=tuple(words[w][s]) if words else (),
+                logprobs=tuple(logprobs[piece.text_offset : piece.text_offset + len(piece.text_tokens)]),
+            )
+            ctx.next_id += 1
+            yield segment
+
+
+def _logprobs(ctx: _Context, result: Decoded) -> list[TokenLogprob]:
+    """Log-probabilities of the window's text tokens, in order."""
+    tokenizer = ctx.engine.tokenizer
+    values = result.generation.token_logprobs or ()
+    out = []
+    for token, logprob in zip(result.generation.tokens, values, strict=False):
+        if token < tokenizer.eot:
+            text = tokenizer.decode([token])
+            out.append(TokenLogprob(text, round(logprob, 6), tuple(text.encode("utf-8"))))
+    return out
+
+
+def _words(
+    ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray], timed: Sequence[list[TimedTokens]]
+) -> list[list[list[Word]]]:
+    items, which = [], []
+    for i, (chunk, pieces) in enumerate(zip(chunks, timed, strict=True)):
+        text = tuple(t for p in pieces for t in p.text_tokens)
+        if text:
+            n_frames = min(len(chunk.samples) // HOP_LENGTH, WINDOW_SAMPLES // HOP_LENGTH)
+            items.append(AlignInput(features[i], _sot(ctx), text, n_frames))
+            which.append(i)
+    alignments = dict(zip(which, ctx.engine.align(items), strict=True))
+    out: list[list[list[Word]]] = []
+    for i, (chunk, pieces) in enumerate(zip(chunks, timed, strict=True)):
+        if i not in alignments:
+            out.append([[] for _ in pieces])
+            continue
+        offset = samples_to_ms(chunk.start)
+        spans = [SegmentSpan(p.text_tokens, offset + p.start_ms, offset + p.end_ms) for p in pieces]
+        language = ctx.info.language or "en"
+        out.append(list(words_for_window(ctx.engine.tokenizer, language, alignments[i], spans, offset)))
+    return out
+
+
+def _speech_frames(samples: np.ndarray) -> np.ndarray:
+    return VadStream().feed(samples, final=True) >= SPEECH_PROB
+
+
+def _has_speech(samples: np.ndarray) -> bool:
+    return bool(_speech_frames(samples).any())
+
+
+def _overlaps_speech(speech: np.ndarray, piece: TimedTokens) -> bool:
+    """False for a segment over pure silence: Whisper hallucinates text there."""
+    ms_per_frame = FRAME_SAMPLES * 1000 // SAMPLE_RATE
+    first = piece.start_ms // ms_per_frame
+    last = max(first + 1, -(-piece.end_ms // ms_per_frame))
+    return bool(speech[first:last].any())
+
+
+class _WindowReader:
+    """30 s windows at any seek position over a stream of blocks, holding at most one window plus a block."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self.blocks = blocks
+        self.base = 0
+        self.buffer = np.zeros(0, np.float32)
+        self.exhausted = False
+
+    def window(self, seek: int) -> AudioChunk | None:
+        while not self.exhausted and self.base + len(self.buffer) < seek + WINDOW_SAMPLES:
+            block = next(self.blocks, None)
+            if block is None:
+                self.exhausted = True
+            else:
+                self.buffer = np.concatenate([self.buffer, block])
+        drop = max(0, seek - self.base)
+        self.buffer, self.base = self.buffer[drop:], self.base + drop
+        samples = self.buffer[:WINDOW_SAMPLES]
+        # Whisper stops once less than one mel frame of audio is left.
+        if len(samples) < HOP_LENGTH:
+            return None
+        return AudioChunk(self.base, samples.copy())
+

@@ -1,0 +1,53 @@
+"""Engines behind one small interface, imported lazily so missing optional packages only matter when used."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from whisper_endpoint.errors import EngineUnavailableError
+
+if TYPE_CHECKING:
+    from whisper_endpoint.config import Settings
+    from whisper_endpoint.engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+
+def cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count()) > 0
+    except Exception:
+        return False
+
+
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def choose_engine(settings: Settings) -> str:
+    if settings.engine != "auto":
+        return settings.engine
+    return "vllm" if vllm_installed() and cuda_available() else "ctranslate2"
+
+
+def load_engine(settings: Settings) -> Engine:
+    kind = choose_engine(settings)
+    log.info("loading engine %s with model %s", kind, settings.model)
+    if kind == "ctranslate2":
+        from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+
+        return CTranslate2Engine.from_settings(settings)
+    if kind == "vllm":
+        if not vllm_installed():
+            raise EngineUnavailableError(
+                "--engine vllm needs vLLM: pip install 'whisper-endpoint[gpu]' on a machine with an NVIDIA GPU"
+            )
+        if not cuda_available():
+            raise EngineUnavailableError("--engine vllm needs an NVIDIA GPU with CUDA; none is visible")
+        raise EngineUnavailableError("the vLLM engine is not part of this build yet")
+    raise EngineUnavailableError(f"unknown engine {kind!r}")

@@ -1,0 +1,94 @@
+"""The engine interface: what the decoding layer needs from a Whisper implementation.
+
+Everything works on batches of <= 30 s windows given as log-mel features [n_mels, 3000].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from whisper_endpoint.decoding.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; the API answers a clear 400 for anything switched off here."""
+
+    word_timestamps: bool = True
+    token_logprobs: bool = True
+    language_detection: bool = True
+    beam_search: bool = True
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Options shared by every window of one engine call (windows are grouped by these)."""
+
+    temperature: float = 0.0
+    beam_size: int = 1
+    max_new_tokens: int = 224
+    suppress_blank: bool = True
+    suppress_tokens: tuple[int, ...] = (-1,)
+    token_logprobs: bool = False
+    max_initial_timestamp_index: int = 50
+
+
+@dataclass(frozen=True)
+class WindowInput:
+    """One window: its features and the full decoder prompt (previous text + SOT sequence)."""
+
+    features: np.ndarray
+    prompt: tuple[int, ...]
+    duration_ms: int = 30_000  # real audio in the window; the rest of the 30 s is padding
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Generated tokens (prompt excluded, EOT excluded) and their scores."""
+
+    tokens: tuple[int, ...]
+    sum_logprob: float
+    no_speech_prob: float
+    token_logprobs: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AlignInput:
+    """Text tokens of one window to align against its audio; `num_frames` counts mel frames of real audio."""
+
+    features: np.ndarray
+    sot_sequence: tuple[int, ...]
+    text_tokens: tuple[int, ...]
+    num_frames: int
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """For each text token (and EOT), the time in ms, relative to the window, where it starts."""
+
+    token_start_ms: tuple[int, ...]
+    token_probs: tuple[float, ...]
+
+
+class Engine(Protocol):
+    name: str
+    model_name: str
+    tokenizer: Tokenizer
+    n_mels: int
+    multilingual: bool
+    capabilities: Capabilities
+    max_batch_size: int
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]: ...
+
+    def detect_language(self, features: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        """Per window, probability of each language code."""
+        ...
+
+    def align(self, items: Sequence[AlignInput]) -> list[Alignment]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,151 @@
+"""The CTranslate2 engine: int8 on CPU by default, float16 on CUDA, batched."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from whisper_endpoint.audio.features import HOP_LENGTH
+from whisper_endpoint.audio import SAMPLE_RATE
+from whisper_endpoint.config import Settings
+from whisper_endpoint.decoding.tokenizer import Tokenizer
+from whisper_endpoint.engines.base import (
+    AlignInput,
+    Alignment,
+    Capabilities,
+    Generation,
+    SamplingOptions,
+    WindowInput,
+)
+from whisper_endpoint.errors import EngineUnavailableError
+from whisper_endpoint.models import ModelFiles, resolve_model
+
+MAX_DECODER_POSITIONS = 448  # Whisper's text context: prompt and output together
+MS_PER_ENCODER_FRAME = 1000 * HOP_LENGTH * 2 // SAMPLE_RATE  # 20 ms: the encoder halves the mel frame rate
+
+
+def _import_ctranslate2() -> Any:
+    try:
+        import ctranslate2
+    except ImportError as exc:
+        raise EngineUnavailableError("the CPU engine needs CTranslate2: pip install ctranslate2") from exc
+    return ctranslate2
+
+
+class CTranslate2Engine:
+    name = "ctranslate2"
+    capabilities = Capabilities()
+
+    def __init__(
+        self, files: ModelFiles, device: str = "cpu", compute_type: str = "default", threads: int = 0,
+        max_batch_size: int = 8,
+    ) -> None:
+        ct2 = _import_ctranslate2()
+        self._ct2 = ct2
+        if compute_type == "default":
+            compute_type = "float16" if device == "cuda" else "int8"
+        self.model = ct2.models.Whisper(
+            str(files.path), device=device, compute_type=compute_type,
+            intra_threads=threads or (os.cpu_count() or 1), inter_threads=1,
+        )
+        self.model_name = files.name
+        self.multilingual = bool(self.model.is_multilingual)
+        self.n_mels = int(self.model.n_mels)
+        self.tokenizer = Tokenizer.from_file(files.tokenizer_path, self.multilingual)
+        self.max_batch_size = max_batch_size
+        self.device = device
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CTranslate2Engine:
+        from whisper_endpoint.engines import cuda_available
+
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if cuda_available() else "cpu"
+        files = resolve_model(settings.model, settings.cache_dir)
+        return cls(files, device, settings.compute_type, settings.cpu_threads, settings.max_batch_size)
+
+    def _features(self, features: Sequence[np.ndarray]) -> Any:
+        return self._ct2.StorageView.from_array(np.ascontiguousarray(np.stack(features), dtype=np.float32))
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        sampling = options.temperature > 0
+        results = self.model.generate(
+            self._features([w.features for w in windows]),
+            [list(w.prompt) for w in windows],
+            beam_size=1 if sampling else options.beam_size,
+            max_length=min(MAX_DECODER_POSITIONS, options.max_new_tokens + max(len(w.prompt) for w in windows)),
+            return_scores=True,
+            return_no_speech_prob=True,
+            return_logits_vocab=options.token_logprobs,
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=list(options.suppress_tokens),
+            max_initial_timestamp_index=options.max_initial_timestamp_index,
+            sampling_topk=0 if sampling else 1,
+            sampling_temperature=options.temperature if sampling else 1.0,
+        )
+        generations = []
+        eot = self.tokenizer.eot
+        for result in results:
+            tokens = [t for t in result.sequences_ids[0] if t != eot]
+            # CTranslate2 scores are sum(logprob) / length**length_penalty, with length_penalty 1.
+            sum_logprob = float(result.scores[0]) * max(1, len(tokens))
+            token_logprobs = None
+            if options.token_logprobs:
+                token_logprobs = self._token_logprobs(result.logits[0], tokens)
+            generations.append(
+                Generation(tuple(tokens), sum_logprob, float(result.no_speech_prob), token_logprobs)
+            )
+        return generations
+
+    @staticmethod
+    def _token_logprobs(step_logits: Sequence[Any], tokens: list[int]) -> tuple[float, ...]:
+        out = []
+        for logits, token in zip(step_logits, tokens, strict=False):
+            row = np.asarray(logits, dtype=np.float32).reshape(-1)
+            top = row.max()
+            out.append(float(row[token] - top - np.log(np.exp(row - top).sum())))
+        return tuple(out)
+
+    def detect_language(self, features: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        results = self.model.detect_language(self._features(features))
+        return [{token.strip("<|>"): float(prob) for token, prob in result} for result in results]
+
+    def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
+        if not items:
+            return []
+        out: list[Alignment] = []
+        # align() takes one start sequence per call: group windows that share it.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.sot_sequence, []).append(i)
+        by_index: dict[int, Alignment] = {}
+        for sot, indices in groups.items():
+            results = self.model.align(
+                self._features([items[i].features for i in indices]),
+                list(sot),
+                [list(items[i].text_tokens) + [self.tokenizer.eot] for i in indices],
+                [items[i].num_frames for i in indices],
+            )
+            for i, result in zip(indices, results, strict=True):
+                by_index[i] = self._alignment(result, len(items[i].text_tokens) + 1)
+        out = [by_index[i] for i in range(len(items))]
+        return out
+
+    @staticmethod
+    def _alignment(result: Any, n_tokens: int) -> Alignment:
+        path = np.array(result.alignments, dtype=np.int64).reshape(-1, 2)
+        starts = [0] * n_tokens
+        if len(path):
+            text_idx, time_idx = path[:, 0], path[:, 1]
+            jumps = np.pad(np.diff(text_idx), (1, 0), constant_values=1).astype(bool)
+            for token_index, frame in zip(text_idx[jumps], time_idx[jumps], strict=True):
+                if 0 <= token_index < n_tokens:
+                    starts[int(token_index)] = int(frame) * MS_PER_ENCODER_FRAME
+        return Alignment(tuple(starts), tuple(float(p) for p in result.text_token_probs))
+
+    def close(self) -> None:
+        del self.model

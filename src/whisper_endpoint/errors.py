@@ -1,0 +1,110 @@
+"""One exception tree for the whole package; the HTTP layer maps it to OpenAI's error envelope once."""
+
+from __future__ import annotations
+
+
+class WhisperEndpointError(Exception):
+    """Base error. `status`, `error_type` and `code` follow OpenAI's error envelope."""
+
+    status: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequestError(WhisperEndpointError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class AudioDecodeError(InvalidRequestError):
+    """The input is not audio we can decode, or contains no audio at all."""
+
+    code = "invalid_audio"
+
+
+class AudioTooLongError(InvalidRequestError):
+    code = "audio_too_long"
+
+
+class UnsupportedFeatureError(InvalidRequestError):
+    """The engine serving this model cannot do what was asked (a capability flag is off)."""
+
+    code = "unsupported_feature"
+
+
+class UploadTooLargeError(WhisperEndpointError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "file_too_large"
+
+
+class AuthenticationError(WhisperEndpointError):
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(WhisperEndpointError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class OverloadedError(WhisperEndpointError):
+    """The server's queue is full: retry after `retry_after_s`."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDownError(WhisperEndpointError):
+    status = 503
+    error_type = "server_error"
+    code = "shutting_down"
+    retry_after_s = 5.0
+
+
+class NotReadyError(ShuttingDownError):
+    code = "not_ready"
+
+
+class RequestTimeoutError(WhisperEndpointError):
+    status = 504
+    error_type = "server_error"
+    code = "timeout"
+
+
+class CancelledRequestError(WhisperEndpointError):
+    """The client went away; its remaining work was dropped."""
+
+    status = 499
+    code = "client_closed_request"
+
+
+class ModelResolutionError(WhisperEndpointError):
+    """A --model value could not be turned into a local model folder."""
+
+    code = "model_unavailable"
+
+
+class EngineUnavailableError(WhisperEndpointError):
+    """The requested engine cannot run here (missing package or hardware)."""
+
+    code = "engine_unavailable"

@@ -1,0 +1,1 @@
+"""Pure renderers from a Transcript to OpenAI's response formats."""

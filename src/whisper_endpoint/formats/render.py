@@ -1,0 +1,98 @@
+"""Render a Transcript as text, json, verbose_json, srt or vtt, exactly as OpenAI's API does."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from whisper_endpoint.decoding.languages import LANGUAGES
+from whisper_endpoint.formats.transcript import Segment, Transcript, Word
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+
+
+def format_timestamp(ms: int, decimal: str = ",", always_hours: bool = True) -> str:
+    """00:00:01,001 for 1001 ms (srt); vtt uses '.' as the decimal marker."""
+    hours, rest = divmod(max(0, ms), 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    head = f"{hours:02d}:" if always_hours or hours else ""
+    return f"{head}{minutes:02d}:{seconds:02d}{decimal}{millis:03d}"
+
+
+def usage(transcript: Transcript) -> dict[str, Any]:
+    return {"type": "duration", "seconds": math.ceil(transcript.duration_ms / 1000)}
+
+
+def render_text(transcript: Transcript) -> str:
+    return transcript.text + "\n"
+
+
+def render_srt(transcript: Transcript) -> str:
+    blocks = []
+    for index, segment in enumerate(transcript.segments, start=1):
+        start, end = format_timestamp(segment.start_ms), format_timestamp(segment.end_ms)
+        blocks.append(f"{index}\n{start} --> {end}\n{segment.text.strip()}\n")
+    return "\n".join(blocks) + ("\n" if blocks else "")
+
+
+def render_vtt(transcript: Transcript) -> str:
+    blocks = ["WEBVTT\n"]
+    for segment in transcript.segments:
+        start = format_timestamp(segment.start_ms, ".")
+        end = format_timestamp(segment.end_ms, ".")
+        blocks.append(f"{start} --> {end}\n{segment.text.strip()}\n")
+    return "\n".join(blocks) + "\n"
+
+
+def render_json(transcript: Transcript, include_logprobs: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"text": transcript.text}
+    if include_logprobs:
+        body["logprobs"] = [
+            {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes)}
+            for segment in transcript.segments
+            for lp in segment.logprobs
+        ]
+    body["usage"] = usage(transcript)
+    return body
+
+
+def _seconds(ms: int) -> float:
+    return round(ms / 1000, 3)
+
+
+def segment_json(segment: Segment) -> dict[str, Any]:
+    return {
+        "id": segment.id,
+        "seek": segment.seek,
+        "start": _seconds(segment.start_ms),
+        "end": _seconds(segment.end_ms),
+        "text": segment.text,
+        "tokens": list(segment.tokens),
+        "temperature": segment.temperature,
+        "avg_logprob": segment.avg_logprob,
+        "compression_ratio": segment.compression_ratio,
+        "no_speech_prob": segment.no_speech_prob,
+    }
+
+
+def word_json(word: Word) -> dict[str, Any]:
+    return {"word": word.word, "start": _seconds(word.start_ms), "end": _seconds(word.end_ms)}
+
+
+def render_verbose_json(
+    transcript: Transcript, segments: bool = True, words: bool = False
+) -> dict[str, Any]:
+    """OpenAI's shape: `words` only when asked; `["word"]` alone leaves out `segments`."""
+    body: dict[str, Any] = {
+        "task": transcript.task,
+        "language": LANGUAGES.get(transcript.language, transcript.language),
+        "duration": _seconds(transcript.duration_ms),
+        "text": transcript.text,
+    }
+    if words:
+        body["words"] = [word_json(w) for w in transcript.words]
+    if segments:
+        body["segments"] = [segment_json(s) for s in transcript.segments]
+    body["usage"] = usage(transcript)
+    return body
