@@ -123,4 +123,6 @@ def _decoded_pieces(source: AudioSource) -> Iterator[np.ndarray]:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc).split(":", 1)[-1].strip() or type(exc).__name__
+    """FFmpeg's own words, without the file name (which is a server-side temp path)."""
+    reason = getattr(exc, "strerror", None) or str(exc).split(":", 1)[0]
+    return str(reason).split("] ", 1)[-1].strip() or type(exc).__name__

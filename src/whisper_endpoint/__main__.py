@@ -1,0 +1,3 @@
+from whisper_endpoint.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""create_app(settings): the FastAPI application, its middleware and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import logging
+import math
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from whisper_endpoint import __version__
+from whisper_endpoint.api.routes import build_router
+from whisper_endpoint.api.schemas import add_schemas
+from whisper_endpoint.audio.features import log_mel_window
+from whisper_endpoint.config import Settings
+from whisper_endpoint.engines import load_engine
+from whisper_endpoint.engines.base import Engine, SamplingOptions, WindowInput
+from whisper_endpoint.errors import (
+    AuthenticationError,
+    NotReadyError,
+    OverloadedError,
+    ShuttingDownError,
+    UploadTooLargeError,
+    WhisperEndpointError,
+)
+from whisper_endpoint.serving.metrics import Metrics
+from whisper_endpoint.serving.service import TranscriptionService
+
+log = logging.getLogger("whisper_endpoint.access")
+API_PREFIXES = ("/v1", "/api/v1")
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/static")
+
+
+def error_response(exc: WhisperEndpointError) -> JSONResponse:
+    body = {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
+    headers = {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    names = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    return names[0] if names else None
+
+
+class BodyLimitMiddleware:
+    """413 as soon as an upload passes the limit, while it streams in: nothing larger is buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        too_large = UploadTooLargeError(f"the upload is larger than the {self.max_bytes} byte limit", param="file")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await error_response(too_large)(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _warm_up(engine: Engine) -> None:
+    """One decode before /ready turns 200, so the first user does not pay for lazy initialisation."""
+    features = log_mel_window(np.zeros(16_000, np.float32), engine.n_mels)
+    prompt = tuple(engine.tokenizer.sot_sequence("en", "transcribe", True))
+    await asyncio.to_thread(engine.generate, [WindowInput(features, prompt)], SamplingOptions(max_new_tokens=4))
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The app; the engine is loaded (or the given one used) at start-up, then warmed up."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        spool = Path(tempfile.mkdtemp(prefix="whisper-endpoint-"))
+        app.state.spool_dir = spool
+        loaded = engine or await asyncio.to_thread(load_engine, settings)
+        await _warm_up(loaded)
+        app.state.service = TranscriptionService(settings, loaded, metrics)
+        app.state.model_id = loaded.model_name
+        app.state.model_aliases = {loaded.model_name, settings.model, "whisper-1", f"whisper-{loaded.model_name}",
+                                   f"openai/whisper-{loaded.model_name}"}
+        app.state.ready = True
+        log.info("ready: model %s on engine %s", loaded.model_name, loaded.name)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            app.state.service.close()
+            if engine is None:
+                loaded.close()
+            shutil.rmtree(spool, ignore_errors=True)
+
+    app = FastAPI(title="whisper-endpoint", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="OpenAI-compatible speech-to-text for Whisper models.")
+    app.state.ready = False
+    app.state.draining = False
+    app.state.started_at = time.time()
+    app.state.metrics = metrics
+    for prefix in API_PREFIXES:
+        app.include_router(build_router(), prefix=prefix, tags=["audio"])
+
+    @app.exception_handler(WhisperEndpointError)
+    async def handle_error(request: Request, exc: WhisperEndpointError) -> JSONResponse:
+        metrics.errors.labels(exc.code or exc.error_type).inc()
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = _param_from_loc(tuple(first.get("loc", ())))
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid request"))
+        if first.get("type") == "missing" and param:
+            message = f"missing required parameter: {param}"
+        return await handle_error(request, _invalid(message, param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def handle_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = WhisperEndpointError(str(exc.detail))
+        err.status, err.error_type = exc.status_code, "invalid_request_error"
+        err.code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else None
+        if exc.status_code == 404:
+            err.message = f"unknown route {request.method} {request.url.path}"
+        return error_response(err)
+
+    @app.middleware("http")
+    async def gatekeeper(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id[:128]
+        started = time.monotonic()
+        path = request.url.path
+        protected = path.startswith(API_PREFIXES)
+        response: Response
+        if protected and settings.api_key and not _authorized(request, settings.api_key):
+            response = error_response(AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'"))
+        elif protected and request.method == "POST" and app.state.draining:
+            response = error_response(ShuttingDownError("the server is shutting down"))
+        elif protected and request.method == "POST" and not app.state.ready:
+            response = error_response(NotReadyError("the model is still loading"))
+        else:
+            response = await call_next(request)
+        response.headers["x-request-id"] = request.state.request_id
+        route = path if not protected else path.split("/v1", 1)[-1]
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        if protected:
+            job = getattr(request.state, "job", None)
+            log.info(
+                "request_id=%s method=%s path=%s status=%d audio_s=%.2f elapsed_s=%.3f",
+                request.state.request_id, request.method, path, response.status_code,
+                job.info.duration_ms / 1000 if job else 0.0, time.monotonic() - started,
+            )
+        return response
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"], responses={503: {"description": "Loading or shutting down."}})
+    async def ready() -> JSONResponse:
+        if app.state.ready and not app.state.draining:
+            return JSONResponse({"status": "ready", "model": app.state.model_id})
+        return error_response(ShuttingDownError("shutting down") if app.state.draining
+                              else NotReadyError("the model is still loading"))
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        service = getattr(app.state, "service", None)
+        if service is not None:
+            metrics.queued_windows.set(service.scheduler.pending_windows)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    static = Path(str(importlib.resources.files("fastapi_offline") / "static"))
+    app.mount("/static/swagger", StaticFiles(directory=static), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="whisper-endpoint API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon.png",
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            add_schemas(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _invalid(message: str, param: str | None) -> WhisperEndpointError:
+    from whisper_endpoint.errors import InvalidRequestError
+
+    return InvalidRequestError(message, param=param)
+
+
+def _authorized(request: Request, api_key: str) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+__all__ = ["OverloadedError", "create_app", "error_response"]

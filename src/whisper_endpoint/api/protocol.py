@@ -1,0 +1,105 @@
+"""Request parsing and validation for the audio routes: OpenAI's form fields to DecodeOptions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from starlette.datastructures import FormData
+
+from whisper_endpoint.decoding.languages import normalize_language
+from whisper_endpoint.decoding.options import DEFAULT_TEMPERATURES, DecodeOptions, Strategy, Task
+from whisper_endpoint.errors import InvalidRequestError
+from whisper_endpoint.formats.render import RESPONSE_FORMATS
+
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+Granularity = Literal["segment", "word"]
+
+
+@dataclass(frozen=True)
+class AudioRequest:
+    options: DecodeOptions
+    response_format: ResponseFormat
+    granularities: frozenset[str]
+    include_logprobs: bool
+    stream: bool
+
+
+def _temperatures(value: float | None) -> tuple[float, ...]:
+    # OpenAI: 0 (the default) lets the server raise the temperature by log-probability thresholds.
+    if value is None or value == 0:
+        return DEFAULT_TEMPERATURES
+    if not 0 <= value <= 1:
+        raise InvalidRequestError("temperature must be between 0 and 1", param="temperature")
+    return (value, *(t for t in DEFAULT_TEMPERATURES if t > value))
+
+
+def _chunking(form: FormData, value: str | None, default: Strategy) -> Strategy:
+    """`auto`, a `server_vad` object (JSON, or the SDK's flattened chunking_strategy[type]), or none."""
+    if value is None and "chunking_strategy[type]" in form:
+        value = json.dumps({"type": form["chunking_strategy[type]"]})
+    if value is None or value == "":
+        return default
+    if value == "auto":
+        return "batched"
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict) or parsed.get("type") != "server_vad":
+        raise InvalidRequestError(
+            "chunking_strategy must be 'auto' or an object with type 'server_vad'", param="chunking_strategy"
+        )
+    return "batched"
+
+
+def parse_audio_request(
+    form: FormData,
+    *,
+    task: Task,
+    language: str | None,
+    prompt: str | None,
+    response_format: str | None,
+    temperature: float | None,
+    granularities: list[str] | None,
+    include: list[str] | None,
+    stream: bool | None,
+    chunking_strategy: str | None,
+    default_strategy: Strategy,
+) -> AudioRequest:
+    fmt = response_format or "json"
+    if fmt not in RESPONSE_FORMATS:
+        raise InvalidRequestError(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", param="response_format"
+        )
+    code = None
+    if language:
+        code = normalize_language(language)
+        if code is None:
+            raise InvalidRequestError(f"unsupported language {language!r}; use an ISO-639-1 code", param="language")
+    grains = frozenset(granularities or ["segment"])
+    unknown = grains - {"segment", "word"}
+    if unknown:
+        raise InvalidRequestError(
+            "timestamp_granularities[] takes 'segment' and/or 'word'", param="timestamp_granularities[]"
+        )
+    if granularities and fmt != "verbose_json":
+        raise InvalidRequestError(
+            "timestamp_granularities[] requires response_format=verbose_json", param="timestamp_granularities[]"
+        )
+    includes = frozenset(include or [])
+    if includes - {"logprobs"}:
+        raise InvalidRequestError("include[] only takes 'logprobs'", param="include[]")
+    if "logprobs" in includes and fmt != "json":
+        raise InvalidRequestError("include[]=logprobs requires response_format=json", param="include[]")
+    options = DecodeOptions(
+        task=task,
+        language=code,
+        prompt=prompt or None,
+        temperatures=_temperatures(temperature),
+        word_timestamps="word" in grains,
+        token_logprobs="logprobs" in includes,
+        strategy=_chunking(form, chunking_strategy, default_strategy),
+    )
+    return AudioRequest(options, fmt, grains, "logprobs" in includes, bool(stream))  # type: ignore[arg-type]

@@ -1,0 +1,247 @@
+"""The audio and model routes, mounted under /v1 and /api/v1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from whisper_endpoint.api.protocol import AudioRequest, parse_audio_request
+from whisper_endpoint.audio.decode import AudioSource
+from whisper_endpoint.decoding.options import Task
+from whisper_endpoint.errors import InvalidRequestError, ModelNotFoundError, WhisperEndpointError
+from whisper_endpoint.formats import render
+from whisper_endpoint.formats.transcript import Segment, Transcript
+from whisper_endpoint.serving.service import Job, TranscriptionService
+
+log = logging.getLogger("whisper_endpoint.access")
+
+DISCONNECT_POLL_S = 0.25
+RAW_PCM_TYPES = {"audio/l16", "audio/pcm", "audio/x-raw", "audio/s16le"}
+
+TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The transcript, in the requested `response_format`.",
+        "content": {
+            "application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/TranscriptionJson"},
+                {"$ref": "#/components/schemas/TranscriptionVerbose"},
+            ]}},
+            "text/plain": {"schema": {"type": "string"}, "example": "1\n00:00:00,000 --> 00:00:11,000\nAnd so..."},
+            "text/event-stream": {"schema": {"type": "string"}, "description": "When `stream=true`."},
+        },
+    },
+    400: {"model": None, "description": "Invalid parameter or undecodable audio."},
+    401: {"description": "Missing or wrong API key."},
+    404: {"description": "Unknown model."},
+    413: {"description": "Upload larger than the limit."},
+    429: {"description": "Server overloaded: retry after `Retry-After` seconds."},
+}
+
+
+def _service(request: Request) -> TranscriptionService:
+    service: TranscriptionService = request.app.state.service
+    return service
+
+
+def _check_model(request: Request, model: str | None) -> None:
+    if model is None:
+        return
+    served: str = request.app.state.model_id
+    aliases: set[str] = request.app.state.model_aliases
+    if model not in aliases:
+        raise ModelNotFoundError(f"the model {model!r} does not exist; this server serves {served!r}", param="model")
+
+
+async def _spool(upload: UploadFile, spool_dir: Path) -> Path:
+    """Copy the upload to our own temp file, deleted by the caller when the job ends."""
+    suffix = Path(upload.filename or "").suffix[:16]
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=spool_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            await asyncio.to_thread(shutil.copyfileobj, upload.file, out, 1024 * 1024)
+    except BaseException:
+        os.unlink(name)
+        raise
+    if os.path.getsize(name) == 0:
+        os.unlink(name)
+        raise InvalidRequestError("the uploaded file is empty", param="file", code="invalid_audio")
+    return Path(name)
+
+
+def _render(transcript: Transcript, req: AudioRequest) -> Response:
+    fmt = req.response_format
+    if fmt == "text":
+        return PlainTextResponse(render.render_text(transcript))
+    if fmt == "srt":
+        return PlainTextResponse(render.render_srt(transcript))
+    if fmt == "vtt":
+        return PlainTextResponse(render.render_vtt(transcript))
+    if fmt == "verbose_json":
+        body = render.render_verbose_json(
+            transcript, segments="segment" in req.granularities, words="word" in req.granularities
+        )
+        return JSONResponse(body)
+    return JSONResponse(render.render_json(transcript, include_logprobs=req.include_logprobs))
+
+
+async def _collect(request: Request, service: TranscriptionService, job: Job) -> list[Segment]:
+    """All segments; stops (and cancels the job) if the client disconnects first."""
+    segments: list[Segment] = []
+
+    async def gather() -> None:
+        async for segment in service.segments(job):
+            segments.append(segment)
+
+    task = asyncio.create_task(gather())
+    while not task.done():
+        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.info("request_id=%s client disconnected, work cancelled", job.request_id)
+            return segments
+    task.result()
+    return segments
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+
+
+async def _stream(service: TranscriptionService, job: Job, req: AudioRequest, cleanup: Path) -> AsyncIterator[bytes]:
+    segments: list[Segment] = []
+    try:
+        async for segment in service.segments(job):
+            segments.append(segment)
+            delta: dict[str, Any] = {"type": "transcript.text.delta", "delta": segment.text}
+            if req.include_logprobs:
+                delta["logprobs"] = [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+                                     for t in segment.logprobs]
+            yield _sse(delta)
+            yield _sse({
+                "type": "transcript.text.segment", "id": str(segment.id),
+                "start": segment.start_ms / 1000, "end": segment.end_ms / 1000, "text": segment.text,
+            })
+        transcript = Transcript(job.options.task, job.info.language or "en", job.info.duration_ms, tuple(segments))
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": transcript.text}
+        if req.include_logprobs:
+            done["logprobs"] = render.render_json(transcript, include_logprobs=True)["logprobs"]
+        done["usage"] = render.usage(transcript)
+        yield _sse(done)
+    except WhisperEndpointError as exc:
+        yield _sse({"type": "error", "error": {"message": exc.message, "type": exc.error_type,
+                                               "param": exc.param, "code": exc.code}})
+    finally:
+        cleanup.unlink(missing_ok=True)
+
+
+async def _handle(request: Request, task: Task, file: UploadFile, model: str | None, **fields: Any) -> Response:
+    _check_model(request, model)
+    service = _service(request)
+    form = await request.form()
+    req = parse_audio_request(form, task=task, default_strategy=service.settings.strategy, **fields)
+    path = await _spool(file, request.app.state.spool_dir)
+    raw = (file.content_type or "").split(";")[0].strip().lower() in RAW_PCM_TYPES or path.suffix == ".raw"
+    job = Job(AudioSource(path, raw_pcm=raw), req.options, request_id=request.state.request_id)
+    try:
+        service.admit(job)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    request.state.job = job
+    if req.stream:
+        return StreamingResponse(_stream(service, job, req, path), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        segments = await _collect(request, service, job)
+    finally:
+        path.unlink(missing_ok=True)
+    transcript = Transcript(task, job.info.language or "en", job.info.duration_ms, tuple(segments))
+    return _render(transcript, req)
+
+
+FileField = Annotated[UploadFile, File(description="Audio or video in any common container (flac, mp3, mp4, "
+                                        "mpeg, mpga, m4a, ogg, opus, wav, webm, ...).")]
+ModelField = Annotated[str | None, Form(description="Model id; the served model or one of its aliases.")]
+PromptField = Annotated[str | None, Form(description="Text to guide the style or continue a previous segment.")]
+FormatField = Annotated[str | None, Form(
+    description="Output format.", json_schema_extra={"enum": ["json", "text", "srt", "verbose_json", "vtt"]})]
+TemperatureField = Annotated[float | None, Form(
+    ge=0, le=1, description="0 (default): raise the temperature by Whisper's fallback thresholds.")]
+StreamField = Annotated[bool | None, Form(description="Stream Server-Sent Events as the transcript is produced.")]
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/audio/transcriptions", responses=TRANSCRIPTION_RESPONSES, summary="Transcribe audio",
+                 response_model=None)
+    async def create_transcription(
+        request: Request,
+        file: FileField,
+        model: ModelField = None,
+        language: Annotated[str | None, Form(description="ISO-639-1 code, e.g. `en`; detected when empty.")] = None,
+        prompt: PromptField = None,
+        response_format: FormatField = None,
+        temperature: TemperatureField = None,
+        timestamp_granularities: Annotated[list[str] | None, Form(
+            alias="timestamp_granularities[]", description="`segment` and/or `word`; needs verbose_json.",
+            json_schema_extra={"items": {"type": "string", "enum": ["segment", "word"]}})] = None,
+        include: Annotated[list[str] | None, Form(
+            alias="include[]", description="`logprobs`: per-token log-probabilities in `json`.",
+            json_schema_extra={"items": {"type": "string", "enum": ["logprobs"]}})] = None,
+        stream: StreamField = None,
+        chunking_strategy: Annotated[str | None, Form(
+            description="`auto`, or a JSON `server_vad` object.")] = None,
+    ) -> Response:
+        return await _handle(
+            request, "transcribe", file, model, language=language, prompt=prompt, response_format=response_format,
+            temperature=temperature, granularities=timestamp_granularities, include=include, stream=stream,
+            chunking_strategy=chunking_strategy,
+        )
+
+    @router.post("/audio/translations", responses=TRANSCRIPTION_RESPONSES, summary="Translate audio to English",
+                 response_model=None)
+    async def create_translation(
+        request: Request,
+        file: FileField,
+        model: ModelField = None,
+        prompt: PromptField = None,
+        response_format: FormatField = None,
+        temperature: TemperatureField = None,
+    ) -> Response:
+        return await _handle(
+            request, "translate", file, model, language=None, prompt=prompt, response_format=response_format,
+            temperature=temperature, granularities=None, include=None, stream=False, chunking_strategy=None,
+        )
+
+    @router.get("/models", summary="List models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(request)]}
+
+    @router.get("/models/{model_id:path}", summary="Retrieve a model")
+    async def get_model(request: Request, model_id: str) -> dict[str, Any]:
+        _check_model(request, model_id)
+        return _model_card(request)
+
+    return router
+
+
+def _model_card(request: Request) -> dict[str, Any]:
+    return {"id": request.app.state.model_id, "object": "model", "created": int(request.app.state.started_at),
+            "owned_by": "whisper-endpoint"}
+
+
+

@@ -1,0 +1,1 @@
+"""Between HTTP requests and the engine: cross-request batching, admission control, cancellation."""

@@ -1,0 +1,197 @@
+"""One engine thread fed with windows from every request in flight.
+
+Requests submit jobs; the engine thread forms batches of up to `max_batch_size` windows that share
+sampling options, taking one job per request in turn (round-robin), so a 5 s clip is not stuck
+behind the windows of a 1-hour upload. Results go back through futures.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from whisper_endpoint.decoding.tokenizer import Tokenizer
+from whisper_endpoint.engines.base import (
+    AlignInput,
+    Alignment,
+    Capabilities,
+    Engine,
+    Generation,
+    SamplingOptions,
+    WindowInput,
+)
+from whisper_endpoint.errors import CancelledRequestError
+from whisper_endpoint.serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    request_id: str
+    kind: str  # "generate", "detect" or "align"
+    items: Sequence[Any]
+    options: SamplingOptions | None
+    future: Future[list[Any]] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, metrics: Metrics, max_batch_size: int, batch_wait_s: float) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()  # request id -> its jobs, in turn order
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, request_id: str, kind: str, items: Sequence[Any], options: SamplingOptions | None = None) -> Future[list[Any]]:
+        job = _Job(request_id, kind, items, options)
+        with self._cond:
+            self._queues.setdefault(request_id, deque()).append(job)
+            self.metrics.queued_windows.inc(len(items))
+            self._cond.notify()
+        return job.future
+
+    def cancel(self, request_id: str) -> int:
+        """Drop a request's pending jobs; returns how many windows were dropped."""
+        with self._cond:
+            jobs = self._queues.pop(request_id, deque())
+        dropped = 0
+        for job in jobs:
+            dropped += len(job.items)
+            job.future.set_exception(CancelledRequestError("request cancelled"))
+        if dropped:
+            self.metrics.queued_windows.dec(dropped)
+            self.metrics.cancelled_windows.inc(dropped)
+        return dropped
+
+    @property
+    def pending_windows(self) -> int:
+        with self._cond:
+            return sum(len(j.items) for q in self._queues.values() for j in q)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _take_batch(self) -> list[_Job]:
+        """Round-robin over requests: the first waiting job decides the kind and options."""
+        with self._cond:
+            while not self._queues and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return []
+            first_request = next(iter(self._queues))
+            head = self._queues[first_request][0]
+            if head.kind == "generate" and self.batch_wait_s > 0:
+                # A short, bounded wait lets other requests' windows join a small batch.
+                deadline = time.monotonic() + self.batch_wait_s
+                while self._count(head) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                    if first_request not in self._queues:
+                        return []
+            batch: list[_Job] = []
+            size = 0
+            progressed = True
+            while progressed and size < self.max_batch_size:
+                progressed = False
+                for request_id in list(self._queues):
+                    queue = self._queues[request_id]
+                    job = queue[0]
+                    if job.kind != head.kind or job.options != head.options or head.kind != "generate" and batch:
+                        continue
+                    if batch and size + len(job.items) > self.max_batch_size:
+                        continue
+                    batch.append(queue.popleft())
+                    size += len(job.items)
+                    progressed = True
+                    # This request goes to the back of the turn order.
+                    del self._queues[request_id]
+                    if queue:
+                        self._queues[request_id] = queue
+                    if size >= self.max_batch_size or head.kind != "generate":
+                        break
+            self.metrics.queued_windows.dec(size)
+            return batch
+
+    def _count(self, head: _Job) -> int:
+        return sum(len(q[0].items) for q in self._queues.values() if q[0].kind == head.kind and q[0].options == head.options)
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            batch = self._take_batch()
+            if not batch:
+                continue
+            head = batch[0]
+            items = [item for job in batch for item in job.items]
+            now = time.monotonic()
+            for job in batch:
+                self.metrics.queue_wait.observe(now - job.queued_at)
+            try:
+                results = self._run(head.kind, items, head.options)
+            except Exception as exc:  # the engine failed: every request in the batch learns why
+                log.exception("engine call failed")
+                for job in batch:
+                    job.future.set_exception(exc)
+                continue
+            self.metrics.batch_size.observe(len(items))
+            offset = 0
+            for job in batch:
+                job.future.set_result(results[offset : offset + len(job.items)])
+                offset += len(job.items)
+
+    def _run(self, kind: str, items: list[Any], options: SamplingOptions | None) -> list[Any]:
+        if kind == "generate":
+            assert options is not None
+            return list(self.engine.generate(items, options))
+        if kind == "detect":
+            return list(self.engine.detect_language(items))
+        return list(self.engine.align(items))
+
+
+class ScheduledEngine:
+    """The Engine interface for one request, backed by the shared scheduler."""
+
+    def __init__(self, scheduler: Scheduler, request_id: str, cancelled: Callable[[], bool]) -> None:
+        engine = scheduler.engine
+        self.name: str = engine.name
+        self.model_name: str = engine.model_name
+        self.tokenizer: Tokenizer = engine.tokenizer
+        self.n_mels: int = engine.n_mels
+        self.multilingual: bool = engine.multilingual
+        self.capabilities: Capabilities = engine.capabilities
+        self.max_batch_size: int = engine.max_batch_size
+        self._scheduler = scheduler
+        self._request_id = request_id
+        self._cancelled = cancelled
+
+    def _call(self, kind: str, items: Sequence[Any], options: SamplingOptions | None = None) -> list[Any]:
+        if self._cancelled():
+            raise CancelledRequestError("request cancelled")
+        return self._scheduler.submit(self._request_id, kind, items, options).result()
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        return self._call("generate", windows, options)
+
+    def detect_language(self, features: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        return self._call("detect", features)
+
+    def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
+        return self._call("align", items) if items else []
+
+    def close(self) -> None:
+        self._scheduler.cancel(self._request_id)

@@ -1,0 +1,158 @@
+"""Runs transcriptions for the HTTP layer: admission in audio-seconds, a worker thread per request,
+segments streamed back to the event loop, cancellation and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from whisper_endpoint.audio.decode import AudioSource, probe_duration_s
+from whisper_endpoint.config import Settings
+from whisper_endpoint.decoding.options import DecodeOptions
+from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments
+from whisper_endpoint.engines.base import Engine
+from whisper_endpoint.errors import (
+    AudioTooLongError,
+    CancelledRequestError,
+    OverloadedError,
+    RequestTimeoutError,
+    ShuttingDownError,
+)
+from whisper_endpoint.formats.transcript import Segment
+from whisper_endpoint.serving.metrics import Metrics
+from whisper_endpoint.serving.scheduler import ScheduledEngine, Scheduler
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+MIN_RETRY_AFTER_S = 1
+MAX_RETRY_AFTER_S = 600
+
+
+@dataclass
+class Job:
+    source: AudioSource
+    options: DecodeOptions
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    info: RunInfo = field(default_factory=RunInfo)
+    audio_s: float = 0.0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+
+
+class TranscriptionService:
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.batch_wait_ms / 1000)
+        self.pool = ThreadPoolExecutor(max_workers=settings.max_inflight_requests, thread_name_prefix="request")
+        self.workers = settings.worker_threads or os.cpu_count() or 1
+        self._lock = threading.Lock()
+        self.inflight = 0
+        self.queued_audio_s = 0.0
+        self.throughput = 0.0  # audio seconds per wall second, moving average
+        self.draining = False
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def retry_after_s(self) -> int:
+        rate = self.throughput or 1.0
+        return int(min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, self.queued_audio_s / rate)))
+
+    def admit(self, job: Job) -> None:
+        """Refuse (429) when the queue of audio or of requests is full; otherwise count the job in."""
+        if self.draining:
+            raise ShuttingDownError("the server is shutting down")
+        duration = probe_duration_s(job.source)
+        if duration is not None and duration > self.settings.max_audio_duration_s:
+            raise AudioTooLongError(
+                f"audio is {duration:.0f} s long; the limit is {self.settings.max_audio_duration_s:.0f} s",
+                param="file",
+            )
+        job.audio_s = duration or 0.0
+        with self._lock:
+            if self.inflight >= self.settings.max_inflight_requests:
+                self.metrics.rejected.labels("requests").inc()
+                raise OverloadedError("too many requests in flight; retry later", retry_after_s=self.retry_after_s())
+            if self.inflight and self.queued_audio_s + job.audio_s > self.settings.max_queued_audio_s:
+                self.metrics.rejected.labels("audio").inc()
+                raise OverloadedError(
+                    f"{self.queued_audio_s:.0f} s of audio are queued; retry later", retry_after_s=self.retry_after_s()
+                )
+            self.inflight += 1
+            self.queued_audio_s += job.audio_s
+        self.metrics.inflight.set(self.inflight)
+        self.metrics.queued_audio.set(self.queued_audio_s)
+
+    async def segments(self, job: Job) -> AsyncIterator[Segment]:
+        """Segments in audio order as they finish. Closing the iterator early cancels the work."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        engine = ScheduledEngine(self.scheduler, job.request_id, job.cancelled.is_set)
+        source = AudioSource(job.source.path, job.source.raw_pcm, self.settings.max_audio_duration_s)
+
+        def work() -> None:
+            try:
+                for segment in iter_segments(source, engine, job.options, job.info):
+                    loop.call_soon_threadsafe(queue.put_nowait, segment)
+                    if job.cancelled.is_set():
+                        break
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        future = loop.run_in_executor(self.pool, work)
+        finished = False
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                while True:
+                    item = await queue.get()
+                    if item is _DONE:
+                        finished = True
+                        break
+                    if isinstance(item, BaseException):
+                        finished = True
+                        raise item
+                    assert isinstance(item, Segment)
+                    yield item
+        except TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"transcription took longer than {self.settings.request_timeout_s:.0f} s", code="timeout"
+            ) from exc
+        finally:
+            if not finished:
+                job.cancelled.set()
+                self.scheduler.cancel(job.request_id)
+                self.metrics.cancelled_requests.inc()
+            await asyncio.shield(future)
+            self._finish(job, finished)
+
+    def _finish(self, job: Job, completed: bool) -> None:
+        elapsed = time.monotonic() - job.started
+        audio_s = job.info.duration_ms / 1000
+        with self._lock:
+            self.inflight -= 1
+            self.queued_audio_s = max(0.0, self.queued_audio_s - job.audio_s)
+            if completed and elapsed > 0 and audio_s > 0:
+                rate = audio_s / elapsed * max(1, self.inflight + 1)
+                self.throughput = rate if not self.throughput else 0.8 * self.throughput + 0.2 * rate
+        self.metrics.inflight.set(self.inflight)
+        self.metrics.queued_audio.set(self.queued_audio_s)
+        if completed:
+            self.metrics.audio_seconds.inc(audio_s)
+            self.metrics.processing.observe(elapsed)
+            self.metrics.realtime_factor.set(self.throughput)
+            self.metrics.fallbacks.inc(job.info.fallbacks)
+
+
+__all__ = ["CancelledRequestError", "Job", "TranscriptionService"]
