@@ -94,7 +94,9 @@ def _open(source: AudioSource) -> Any:
 def _decoded_pieces(source: AudioSource) -> Iterator[np.ndarray]:
     with _open(source) as container:
         if not container.streams.audio:
-            raise AudioDecodeError("the file has no audio stream", param="file")
+            raise AudioDecodeError(
+                "the file has no audio stream (headerless PCM must be declared as s16le, 16 kHz, mono)", param="file"
+            )
         stream = container.streams.audio[0]
         stream.thread_type = "AUTO"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)

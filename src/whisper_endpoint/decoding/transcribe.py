@@ -23,6 +23,7 @@ from whisper_endpoint.formats.transcript import Segment, TokenLogprob, Transcrip
 
 ProgressCallback = Callable[[int], None]  # absolute ms of audio done
 SPEECH_PROB = 0.5  # VAD probability that counts a frame as speech
+MIN_LOST_TAIL_MS = 1000  # undecoded audio at a chunk's end worth a second look
 
 
 def samples_to_ms(samples: int) -> int:
@@ -140,14 +141,46 @@ def _batched(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCall
     while group := list(islice(chunks, ctx.options.batch_size)):
         features = [log_mel_window(c.samples, ctx.engine.n_mels) for c in group]
         _detect_language(ctx, features[0])
-        windows = [
-            WindowInput(f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)))
-            for f, c in zip(features, group, strict=True)
-        ]
-        decoded = decode_with_fallback(ctx.engine, windows, ctx.options)
-        yield from _emit(ctx, group, features, decoded, keep_tail=True)
+        decoded = _decode_chunks(ctx, group, features)
+        # Whisper often stops before the last words of a full window; decode such tails again.
+        tails = {i: t for i, (c, d) in enumerate(zip(group, decoded, strict=True)) if (t := _lost_tail(ctx, c, d))}
+        tail_chunks = list(tails.values())
+        tail_features = [log_mel_window(c.samples, ctx.engine.n_mels) for c in tail_chunks]
+        tail_decoded = dict(zip(tails, _decode_chunks(ctx, tail_chunks, tail_features), strict=True))
+        tail_feature_of = dict(zip(tails, tail_features, strict=True))
+        ordered: list[tuple[AudioChunk, np.ndarray, Decoded]] = []
+        for i, chunk in enumerate(group):
+            ordered.append((chunk, features[i], decoded[i]))
+            if i in tails:
+                ordered.append((tails[i], tail_feature_of[i], tail_decoded[i]))
+        yield from _emit(ctx, *map(list, zip(*ordered, strict=True)), keep_tail=True)  # type: ignore[arg-type]
         if progress:
             progress(samples_to_ms(group[-1].end))
+
+
+def _decode_chunks(ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray]) -> list[Decoded]:
+    if not chunks:
+        return []
+    windows = [
+        WindowInput(f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)))
+        for f, c in zip(features, chunks, strict=True)
+    ]
+    return decode_with_fallback(ctx.engine, windows, ctx.options)
+
+
+def _lost_tail(ctx: _Context, chunk: AudioChunk, decoded: Decoded) -> AudioChunk | None:
+    """The end of a chunk that holds speech the decode never reached, or None."""
+    if decoded.is_silence(ctx.options):
+        return None
+    window_ms = samples_to_ms(len(chunk.samples))
+    timed, _ = split_timestamps(decoded.generation.tokens, ctx.engine.tokenizer, window_ms, keep_tail=True)
+    covered_ms = timed[-1].end_ms if timed else 0
+    if window_ms - covered_ms < MIN_LOST_TAIL_MS:
+        return None
+    rest = chunk.samples[covered_ms * SAMPLE_RATE // 1000 :]
+    if not _has_speech(rest):
+        return None
+    return AudioChunk(chunk.start + len(chunk.samples) - len(rest), rest)
 
 
 def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCallback | None) -> Iterator[Segment]:

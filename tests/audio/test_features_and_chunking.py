@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+from faster_whisper.feature_extractor import FeatureExtractor
+
+from tests.conftest import JFK
+from tests.datasets import DATA
+from whisper_endpoint.audio import SAMPLE_RATE
+from whisper_endpoint.audio.chunking import iter_speech_chunks
+from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
+from whisper_endpoint.audio.features import WINDOW_SAMPLES, log_mel_window
+
+
+def test_log_mel_matches_faster_whisper() -> None:
+    audio = load_audio(AudioSource(JFK))
+    padded = np.concatenate([audio, np.zeros(WINDOW_SAMPLES - len(audio), np.float32)])
+    reference = FeatureExtractor(feature_size=80)(padded, padding=0)[:, :3000]
+    ours = log_mel_window(audio, 80)
+    assert ours.shape == (80, 3000)
+    assert np.abs(ours - reference).max() < 1e-4
+
+
+def test_chunks_are_short_ordered_and_absolute() -> None:
+    path = DATA / "C_longform" / "ljspeech_LJ001-0001_to_0032_concat.flac"
+    audio = load_audio(AudioSource(path))
+    chunks = list(iter_speech_chunks(iter_audio(AudioSource(path), block_samples=7 * SAMPLE_RATE)))
+    assert len(chunks) >= 8
+    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+        assert previous.end <= chunk.start
+    for chunk in chunks:
+        assert len(chunk.samples) <= WINDOW_SAMPLES
+        assert np.array_equal(chunk.samples, audio[chunk.start : chunk.end])  # the offset is exact
+
+
+def test_speech_after_thirty_seconds_of_silence_keeps_its_offset() -> None:
+    path = DATA / "E_containers" / "variants" / "jfk_after_30s_silence.wav"
+    chunks = list(iter_speech_chunks(iter_audio(AudioSource(path))))
+    assert len(chunks) == 1
+    assert 29.5 * SAMPLE_RATE < chunks[0].start < 30.5 * SAMPLE_RATE
+
+
+def test_silence_and_noise_give_no_chunks() -> None:
+    for name in ("silence_digital_60s_16k.flac", "pink_noise_15s.wav", "mains_hum_50hz_10s.wav"):
+        assert list(iter_speech_chunks(iter_audio(AudioSource(DATA / "E_nonspeech" / name)))) == []
