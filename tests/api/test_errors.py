@@ -1,0 +1,112 @@
+"""Every error of the contract, provoked, with its envelope, status and param."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import JFK, RunningServer, start_server
+from whisper_endpoint.config import Settings
+from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+
+
+def _post(server: RunningServer, data: dict[str, str] | None = None, file: tuple[str, bytes] | None = None,
+          path: str = "/v1/audio/transcriptions", **kwargs: object) -> httpx.Response:
+    files = {"file": file or ("jfk.flac", JFK.read_bytes())}
+    return httpx.post(server.url + path, data=data or {}, files=files, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+
+def _error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["param"] == param
+    return dict(body["error"])
+
+
+@pytest.mark.parametrize(("field", "value", "param"), [
+    ("response_format", "xml", "response_format"),
+    ("temperature", "7", "temperature"),
+    ("language", "klingon", "language"),
+    ("timestamp_granularities[]", "word", "timestamp_granularities[]"),  # needs verbose_json
+    ("timestamp_granularities[]", "phoneme", "timestamp_granularities[]"),
+    ("include[]", "logprobs", "include[]"),
+    ("chunking_strategy", "bogus", "chunking_strategy"),
+])
+def test_invalid_parameters_name_the_param(server: RunningServer, field: str, value: str, param: str) -> None:
+    data = {field: value}
+    if field == "include[]":
+        data["response_format"] = "text"
+    _error(_post(server, data), 400, param)
+
+
+def test_missing_file_and_bad_audio(server: RunningServer) -> None:
+    response = httpx.post(server.url + "/v1/audio/transcriptions", data={"model": "whisper-1"}, timeout=30)
+    assert "file" in str(_error(response, 400, "file")["message"])
+    error = _error(_post(server, file=("notes.txt", b"hello " * 1000)), 400, "file")
+    assert error["code"] == "invalid_audio"
+    _error(_post(server, file=("empty.wav", b"")), 400, "file")
+
+
+def test_unknown_model_and_route(server: RunningServer) -> None:
+    assert _error(_post(server, {"model": "gpt-9"}), 404, "model")["code"] == "model_not_found"
+    assert _post(server, {"model": "whisper-1"}).status_code == 200
+    _error(httpx.get(server.url + "/v1/nothing-here"), 404)
+    _error(httpx.get(server.url + "/v1/models/gpt-9"), 404, "model")
+
+
+def test_upload_over_the_limit_is_413_without_buffering(server: RunningServer) -> None:
+    big = os.urandom(6 * 1024 * 1024)  # the test server's limit is 5 MiB
+
+    def body() -> object:
+        yield b"x" * 0  # a chunked upload: no Content-Length to reject it early
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    _error(_post(server, file=("big.wav", big)), 413, "file")
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n").encode()
+
+    def chunked() -> object:
+        yield head
+        yield from body()  # type: ignore[misc]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = httpx.post(server.url + "/v1/audio/transcriptions", content=chunked(),  # type: ignore[arg-type]
+                          headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=60)
+    _error(response, 413, "file")
+
+
+def test_audio_over_the_duration_limit(engine: CTranslate2Engine) -> None:
+    running, thread = start_server(Settings(max_audio_duration_s=5), engine)
+    try:
+        _error(_post(running), 400, "file")
+    finally:
+        running.server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_api_key(engine: CTranslate2Engine) -> None:
+    running, thread = start_server(Settings(api_key="s3cret"), engine)
+    try:
+        _error(_post(running), 401)
+        _error(_post(running, headers={"Authorization": "Bearer wrong"}), 401)
+        assert _post(running, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(running.url + "/health").status_code == 200
+        assert httpx.get(running.url + "/ready").status_code == 200
+    finally:
+        running.server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_request_id_echoed_and_temp_files_removed(server: RunningServer) -> None:
+    spool_dirs = [p for p in Path(tempfile.gettempdir()).glob("whisper-endpoint-*") if p.is_dir()]
+    response = _post(server, headers={"x-request-id": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    _post(server, file=("bad.mp3", b"\x00" * 5000))
+    assert all(not any(d.iterdir()) for d in spool_dirs)
+    assert httpx.get(server.url + "/metrics").text.count("whisper_requests_total") > 0
