@@ -76,7 +76,7 @@ def start_server(settings: Settings, engine: CTranslate2Engine) -> tuple[Running
 
 @pytest.fixture(scope="session")
 def server(engine: CTranslate2Engine) -> Iterator[RunningServer]:
-    running, thread = start_server(Settings(model="base", max_upload_bytes=5 * 1024 * 1024), engine)
+    running, thread = start_server(Settings(model="base", max_upload_bytes=12 * 1024 * 1024), engine)
     yield running
     running.server.should_exit = True
     thread.join(timeout=30)

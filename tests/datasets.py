@@ -22,9 +22,7 @@ class Clip:
 def manifest() -> tuple[Clip, ...]:
     with (DATA / "MANIFEST.tsv").open(newline="", encoding="utf-8") as f:
         rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return tuple(
-            Clip(DATA / r["path"], float(r["duration_s"]), r["language"], r["reference"] or "") for r in rows
-        )
+        return tuple(Clip(DATA / r["path"], float(r["duration_s"]), r["language"], r["reference"] or "") for r in rows)
 
 
 def clips(prefix: str) -> list[Clip]:

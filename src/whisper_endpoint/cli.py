@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from whisper_endpoint.decoding.languages import normalize_language
 from whisper_endpoint.errors import WhisperEndpointError
@@ -33,17 +34,27 @@ def _transcribe(args: argparse.Namespace) -> int:
     settings = Settings(model=args.model, engine=args.engine)
     engine = load_engine(settings)
     options = DecodeOptions(
-        task=args.task, language=language, prompt=args.prompt, word_timestamps=args.word_timestamps,
-        strategy=args.strategy, beam_size=args.beam_size,
+        task=args.task,
+        language=language,
+        prompt=args.prompt,
+        word_timestamps=args.word_timestamps,
+        strategy=args.strategy,
+        beam_size=args.beam_size,
     )
     failures = 0
     for path in args.files:
         source = AudioSource(Path(path), raw_pcm=args.raw_pcm)
         try:
             total = probe_duration_s(source)
-            with tqdm(total=round(total or 0, 1), unit="s", desc=Path(path).name, disable=args.quiet,
-                      bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio s [{elapsed}<{remaining}]") as bar:
-                def progress(done_ms: int, bar: tqdm[float] = bar) -> None:
+            with tqdm(
+                total=round(total or 0, 1),
+                unit="s",
+                desc=Path(path).name,
+                disable=args.quiet,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio s [{elapsed}<{remaining}]",
+            ) as bar:
+
+                def progress(done_ms: int, bar: Any = bar) -> None:
                     done = done_ms / 1000
                     if bar.total < done:
                         bar.total = round(done, 1)
@@ -80,13 +91,25 @@ def _serve(args: argparse.Namespace) -> int:
     from whisper_endpoint.api.app import create_app
     from whisper_endpoint.config import Settings
 
-    overrides = {k: v for k, v in {
-        "host": args.host, "port": args.port, "model": args.model, "engine": args.engine,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "model": args.model,
+            "engine": args.engine,
+        }.items()
+        if v is not None
+    }
     settings = Settings(**overrides)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
     return 0
 
 

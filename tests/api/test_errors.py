@@ -14,8 +14,13 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
 
-def _post(server: RunningServer, data: dict[str, str] | None = None, file: tuple[str, bytes] | None = None,
-          path: str = "/v1/audio/transcriptions", **kwargs: object) -> httpx.Response:
+def _post(
+    server: RunningServer,
+    data: dict[str, str] | None = None,
+    file: tuple[str, bytes] | None = None,
+    path: str = "/v1/audio/transcriptions",
+    **kwargs: object,
+) -> httpx.Response:
     files = {"file": file or ("jfk.flac", JFK.read_bytes())}
     return httpx.post(server.url + path, data=data or {}, files=files, timeout=120, **kwargs)  # type: ignore[arg-type]
 
@@ -28,15 +33,18 @@ def _error(response: httpx.Response, status: int, param: str | None = None) -> d
     return dict(body["error"])
 
 
-@pytest.mark.parametrize(("field", "value", "param"), [
-    ("response_format", "xml", "response_format"),
-    ("temperature", "7", "temperature"),
-    ("language", "klingon", "language"),
-    ("timestamp_granularities[]", "word", "timestamp_granularities[]"),  # needs verbose_json
-    ("timestamp_granularities[]", "phoneme", "timestamp_granularities[]"),
-    ("include[]", "logprobs", "include[]"),
-    ("chunking_strategy", "bogus", "chunking_strategy"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("response_format", "xml", "response_format"),
+        ("temperature", "7", "temperature"),
+        ("language", "klingon", "language"),
+        ("timestamp_granularities[]", "word", "timestamp_granularities[]"),  # needs verbose_json
+        ("timestamp_granularities[]", "phoneme", "timestamp_granularities[]"),
+        ("include[]", "logprobs", "include[]"),
+        ("chunking_strategy", "bogus", "chunking_strategy"),
+    ],
+)
 def test_invalid_parameters_name_the_param(server: RunningServer, field: str, value: str, param: str) -> None:
     data = {field: value}
     if field == "include[]":
@@ -60,7 +68,7 @@ def test_unknown_model_and_route(server: RunningServer) -> None:
 
 
 def test_upload_over_the_limit_is_413_without_buffering(server: RunningServer) -> None:
-    big = os.urandom(6 * 1024 * 1024)  # the test server's limit is 5 MiB
+    big = os.urandom(13 * 1024 * 1024)  # the test server's limit is 12 MiB
 
     def body() -> object:
         yield b"x" * 0  # a chunked upload: no Content-Length to reject it early
@@ -69,15 +77,19 @@ def test_upload_over_the_limit_is_413_without_buffering(server: RunningServer) -
 
     _error(_post(server, file=("big.wav", big)), 413, "file")
     boundary = "b0undary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n").encode()
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n').encode()
 
     def chunked() -> object:
         yield head
         yield from body()  # type: ignore[misc]
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = httpx.post(server.url + "/v1/audio/transcriptions", content=chunked(),  # type: ignore[arg-type]
-                          headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=60)
+    response = httpx.post(
+        server.url + "/v1/audio/transcriptions",
+        content=chunked(),  # type: ignore[arg-type]
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        timeout=60,
+    )
     _error(response, 413, "file")
 
 

@@ -8,7 +8,9 @@ from openai import OpenAI
 from tests.conftest import JFK, RunningServer
 from tests.datasets import clips, english_normalizer
 
-JFK_NORMALIZED = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+JFK_NORMALIZED = (
+    "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+)
 
 
 @pytest.fixture(params=["/v1", "/api/v1"])

@@ -15,7 +15,9 @@ from whisper_endpoint.decoding.transcribe import transcribe
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
 JFK_COPIES = sorted((DATA / "A_short_en").glob("jfk*"))
-JFK_REFERENCE = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+JFK_REFERENCE = (
+    "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+)
 CONTAINERS = sorted(p for p in (DATA / "E_containers").glob("*") if p.is_file())
 VARIANTS = sorted((DATA / "E_containers" / "variants").glob("*"))
 
@@ -121,8 +123,9 @@ def test_word_timestamps_on_read_speech(engine: CTranslate2Engine) -> None:
 
 def test_prompt_and_logprobs(engine: CTranslate2Engine) -> None:
     path: Path = DATA / "A_short_en" / "jfk_openai-whisper.flac"
-    transcript = transcribe(AudioSource(path), engine, DecodeOptions(prompt="JFK's inaugural address.",
-                                                                     token_logprobs=True))
+    transcript = transcribe(
+        AudioSource(path), engine, DecodeOptions(prompt="JFK's inaugural address.", token_logprobs=True)
+    )
     assert normalized(transcript.text) == normalized(JFK_REFERENCE)
     logprobs = [lp for s in transcript.segments for lp in s.logprobs]
     assert "".join(lp.token for lp in logprobs).strip() == transcript.text

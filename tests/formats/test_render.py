@@ -13,7 +13,9 @@ def _segment(i: int, start: int, end: int, text: str, words: tuple[Word, ...] = 
 
 
 TRANSCRIPT = Transcript(
-    "transcribe", "en", 3_725_500,
+    "transcribe",
+    "en",
+    3_725_500,
     (
         _segment(0, 1001, 4_500, " And so my fellow Americans,", (Word(" And", 1001, 1400, 0.9),)),
         _segment(1, 4_500, 9_999, " ask not what your country can do for you."),

@@ -126,12 +126,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         spool = Path(tempfile.mkdtemp(prefix="whisper-endpoint-"))
         app.state.spool_dir = spool
-        loaded = engine or await asyncio.to_thread(load_engine, settings)
+        loaded: Engine = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
         await _warm_up(loaded)
         app.state.service = TranscriptionService(settings, loaded, metrics)
         app.state.model_id = loaded.model_name
-        app.state.model_aliases = {loaded.model_name, settings.model, "whisper-1", f"whisper-{loaded.model_name}",
-                                   f"openai/whisper-{loaded.model_name}"}
+        app.state.model_aliases = {
+            loaded.model_name,
+            settings.model,
+            "whisper-1",
+            f"whisper-{loaded.model_name}",
+            f"openai/whisper-{loaded.model_name}",
+        }
         app.state.ready = True
         log.info("ready: model %s on engine %s", loaded.model_name, loaded.name)
         try:
@@ -143,8 +148,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 loaded.close()
             shutil.rmtree(spool, ignore_errors=True)
 
-    app = FastAPI(title="whisper-endpoint", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="OpenAI-compatible speech-to-text for Whisper models.")
+    app = FastAPI(
+        title="whisper-endpoint",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="OpenAI-compatible speech-to-text for Whisper models.",
+    )
     app.state.ready = False
     app.state.draining = False
     app.state.started_at = time.time()
@@ -184,7 +195,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         protected = path.startswith(API_PREFIXES)
         response: Response
         if protected and settings.api_key and not _authorized(request, settings.api_key):
-            response = error_response(AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'"))
+            response = error_response(
+                AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
+            )
         elif protected and request.method == "POST" and app.state.draining:
             response = error_response(ShuttingDownError("the server is shutting down"))
         elif protected and request.method == "POST" and not app.state.ready:
@@ -198,8 +211,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             job = getattr(request.state, "job", None)
             log.info(
                 "request_id=%s method=%s path=%s status=%d audio_s=%.2f elapsed_s=%.3f",
-                request.state.request_id, request.method, path, response.status_code,
-                job.info.duration_ms / 1000 if job else 0.0, time.monotonic() - started,
+                request.state.request_id,
+                request.method,
+                path,
+                response.status_code,
+                job.info.duration_ms / 1000 if job else 0.0,
+                time.monotonic() - started,
             )
         return response
 
@@ -213,8 +230,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def ready() -> JSONResponse:
         if app.state.ready and not app.state.draining:
             return JSONResponse({"status": "ready", "model": app.state.model_id})
-        return error_response(ShuttingDownError("shutting down") if app.state.draining
-                              else NotReadyError("the model is still loading"))
+        return error_response(
+            ShuttingDownError("shutting down") if app.state.draining else NotReadyError("the model is still loading")
+        )
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus() -> Response:
@@ -229,7 +247,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json", title="whisper-endpoint API",
+            openapi_url="/openapi.json",
+            title="whisper-endpoint API",
             swagger_js_url="/static/swagger/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon.png",
@@ -237,8 +256,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             add_schemas(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -19,24 +19,32 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from whisper_endpoint.api.protocol import AudioRequest, parse_audio_request
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.options import Task
-from whisper_endpoint.errors import InvalidRequestError, ModelNotFoundError, WhisperEndpointError
+from whisper_endpoint.errors import (
+    CancelledRequestError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    WhisperEndpointError,
+)
 from whisper_endpoint.formats import render
 from whisper_endpoint.formats.transcript import Segment, Transcript
 from whisper_endpoint.serving.service import Job, TranscriptionService
 
 log = logging.getLogger("whisper_endpoint.access")
 
-DISCONNECT_POLL_S = 0.25
 RAW_PCM_TYPES = {"audio/l16", "audio/pcm", "audio/x-raw", "audio/s16le"}
 
 TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The transcript, in the requested `response_format`.",
         "content": {
-            "application/json": {"schema": {"oneOf": [
-                {"$ref": "#/components/schemas/TranscriptionJson"},
-                {"$ref": "#/components/schemas/TranscriptionVerbose"},
-            ]}},
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/TranscriptionJson"},
+                        {"$ref": "#/components/schemas/TranscriptionVerbose"},
+                    ]
+                }
+            },
             "text/plain": {"schema": {"type": "string"}, "example": "1\n00:00:00,000 --> 00:00:11,000\nAnd so..."},
             "text/event-stream": {"schema": {"type": "string"}, "description": "When `stream=true`."},
         },
@@ -103,15 +111,21 @@ async def _collect(request: Request, service: TranscriptionService, job: Job) ->
         async for segment in service.segments(job):
             segments.append(segment)
 
+    async def disconnected() -> None:
+        # The body is already read, so the next message can only be the client going away.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     task = asyncio.create_task(gather())
-    while not task.done():
-        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if not task.done() and await request.is_disconnected():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            log.info("request_id=%s client disconnected, work cancelled", job.request_id)
-            return segments
+    watcher = asyncio.create_task(disconnected())
+    await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        log.info("request_id=%s client disconnected, work cancelled", job.request_id)
+        raise CancelledRequestError("the client disconnected")
+    watcher.cancel()
     task.result()
     return segments
 
@@ -127,13 +141,19 @@ async def _stream(service: TranscriptionService, job: Job, req: AudioRequest, cl
             segments.append(segment)
             delta: dict[str, Any] = {"type": "transcript.text.delta", "delta": segment.text}
             if req.include_logprobs:
-                delta["logprobs"] = [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
-                                     for t in segment.logprobs]
+                delta["logprobs"] = [
+                    {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in segment.logprobs
+                ]
             yield _sse(delta)
-            yield _sse({
-                "type": "transcript.text.segment", "id": str(segment.id),
-                "start": segment.start_ms / 1000, "end": segment.end_ms / 1000, "text": segment.text,
-            })
+            yield _sse(
+                {
+                    "type": "transcript.text.segment",
+                    "id": str(segment.id),
+                    "start": segment.start_ms / 1000,
+                    "end": segment.end_ms / 1000,
+                    "text": segment.text,
+                }
+            )
         transcript = Transcript(job.options.task, job.info.language or "en", job.info.duration_ms, tuple(segments))
         done: dict[str, Any] = {"type": "transcript.text.done", "text": transcript.text}
         if req.include_logprobs:
@@ -141,8 +161,12 @@ async def _stream(service: TranscriptionService, job: Job, req: AudioRequest, cl
         done["usage"] = render.usage(transcript)
         yield _sse(done)
     except WhisperEndpointError as exc:
-        yield _sse({"type": "error", "error": {"message": exc.message, "type": exc.error_type,
-                                               "param": exc.param, "code": exc.code}})
+        yield _sse(
+            {
+                "type": "error",
+                "error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code},
+            }
+        )
     finally:
         cleanup.unlink(missing_ok=True)
 
@@ -162,8 +186,9 @@ async def _handle(request: Request, task: Task, file: UploadFile, model: str | N
         raise
     request.state.job = job
     if req.stream:
-        return StreamingResponse(_stream(service, job, req, path), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _stream(service, job, req, path), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
     try:
         segments = await _collect(request, service, job)
     finally:
@@ -172,22 +197,31 @@ async def _handle(request: Request, task: Task, file: UploadFile, model: str | N
     return _render(transcript, req)
 
 
-FileField = Annotated[UploadFile, File(description="Audio or video in any common container (flac, mp3, mp4, "
-                                        "mpeg, mpga, m4a, ogg, opus, wav, webm, ...).")]
+FileField = Annotated[
+    UploadFile,
+    File(
+        description="Audio or video in any common container (flac, mp3, mp4, "
+        "mpeg, mpga, m4a, ogg, opus, wav, webm, ...)."
+    ),
+]
 ModelField = Annotated[str | None, Form(description="Model id; the served model or one of its aliases.")]
 PromptField = Annotated[str | None, Form(description="Text to guide the style or continue a previous segment.")]
-FormatField = Annotated[str | None, Form(
-    description="Output format.", json_schema_extra={"enum": ["json", "text", "srt", "verbose_json", "vtt"]})]
-TemperatureField = Annotated[float | None, Form(
-    ge=0, le=1, description="0 (default): raise the temperature by Whisper's fallback thresholds.")]
+FormatField = Annotated[
+    str | None,
+    Form(description="Output format.", json_schema_extra={"enum": ["json", "text", "srt", "verbose_json", "vtt"]}),
+]
+TemperatureField = Annotated[
+    float | None, Form(ge=0, le=1, description="0 (default): raise the temperature by Whisper's fallback thresholds.")
+]
 StreamField = Annotated[bool | None, Form(description="Stream Server-Sent Events as the transcript is produced.")]
 
 
 def build_router() -> APIRouter:
     router = APIRouter()
 
-    @router.post("/audio/transcriptions", responses=TRANSCRIPTION_RESPONSES, summary="Transcribe audio",
-                 response_model=None)
+    @router.post(
+        "/audio/transcriptions", responses=TRANSCRIPTION_RESPONSES, summary="Transcribe audio", response_model=None
+    )
     async def create_transcription(
         request: Request,
         file: FileField,
@@ -196,24 +230,46 @@ def build_router() -> APIRouter:
         prompt: PromptField = None,
         response_format: FormatField = None,
         temperature: TemperatureField = None,
-        timestamp_granularities: Annotated[list[str] | None, Form(
-            alias="timestamp_granularities[]", description="`segment` and/or `word`; needs verbose_json.",
-            json_schema_extra={"items": {"type": "string", "enum": ["segment", "word"]}})] = None,
-        include: Annotated[list[str] | None, Form(
-            alias="include[]", description="`logprobs`: per-token log-probabilities in `json`.",
-            json_schema_extra={"items": {"type": "string", "enum": ["logprobs"]}})] = None,
+        timestamp_granularities: Annotated[
+            list[str] | None,
+            Form(
+                alias="timestamp_granularities[]",
+                description="`segment` and/or `word`; needs verbose_json.",
+                json_schema_extra={"items": {"type": "string", "enum": ["segment", "word"]}},
+            ),
+        ] = None,
+        include: Annotated[
+            list[str] | None,
+            Form(
+                alias="include[]",
+                description="`logprobs`: per-token log-probabilities in `json`.",
+                json_schema_extra={"items": {"type": "string", "enum": ["logprobs"]}},
+            ),
+        ] = None,
         stream: StreamField = None,
-        chunking_strategy: Annotated[str | None, Form(
-            description="`auto`, or a JSON `server_vad` object.")] = None,
+        chunking_strategy: Annotated[str | None, Form(description="`auto`, or a JSON `server_vad` object.")] = None,
     ) -> Response:
         return await _handle(
-            request, "transcribe", file, model, language=language, prompt=prompt, response_format=response_format,
-            temperature=temperature, granularities=timestamp_granularities, include=include, stream=stream,
+            request,
+            "transcribe",
+            file,
+            model,
+            language=language,
+            prompt=prompt,
+            response_format=response_format,
+            temperature=temperature,
+            granularities=timestamp_granularities,
+            include=include,
+            stream=stream,
             chunking_strategy=chunking_strategy,
         )
 
-    @router.post("/audio/translations", responses=TRANSCRIPTION_RESPONSES, summary="Translate audio to English",
-                 response_model=None)
+    @router.post(
+        "/audio/translations",
+        responses=TRANSCRIPTION_RESPONSES,
+        summary="Translate audio to English",
+        response_model=None,
+    )
     async def create_translation(
         request: Request,
         file: FileField,
@@ -223,8 +279,18 @@ def build_router() -> APIRouter:
         temperature: TemperatureField = None,
     ) -> Response:
         return await _handle(
-            request, "translate", file, model, language=None, prompt=prompt, response_format=response_format,
-            temperature=temperature, granularities=None, include=None, stream=False, chunking_strategy=None,
+            request,
+            "translate",
+            file,
+            model,
+            language=None,
+            prompt=prompt,
+            response_format=response_format,
+            temperature=temperature,
+            granularities=None,
+            include=None,
+            stream=False,
+            chunking_strategy=None,
         )
 
     @router.get("/models", summary="List models")
@@ -240,8 +306,9 @@ def build_router() -> APIRouter:
 
 
 def _model_card(request: Request) -> dict[str, Any]:
-    return {"id": request.app.state.model_id, "object": "model", "created": int(request.app.state.started_at),
-            "owned_by": "whisper-endpoint"}
-
-
-
+    return {
+        "id": request.app.state.model_id,
+        "object": "model",
+        "created": int(request.app.state.started_at),
+        "owned_by": "whisper-endpoint",
+    }

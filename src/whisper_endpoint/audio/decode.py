@@ -56,9 +56,7 @@ def iter_audio(source: AudioSource, block_samples: int = BLOCK_SAMPLES) -> Itera
         pending_len += len(piece)
         total += len(piece)
         if limit is not None and total > limit:
-            raise AudioTooLongError(
-                f"audio is longer than the {source.max_duration_s:.0f} s limit", param="file"
-            )
+            raise AudioTooLongError(f"audio is longer than the {source.max_duration_s:.0f} s limit", param="file")
         while pending_len >= block_samples:
             joined = np.concatenate(pending)
             yield joined[:block_samples]

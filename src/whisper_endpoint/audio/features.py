@@ -67,4 +67,5 @@ def log_mel_window(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
     mel = mel_filters(n_mels) @ power.T
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    result: np.ndarray = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    return result

@@ -37,9 +37,7 @@ def _session() -> Any:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 4
-    return onnxruntime.InferenceSession(
-        str(_model_path()), providers=["CPUExecutionProvider"], sess_options=options
-    )
+    return onnxruntime.InferenceSession(str(_model_path()), providers=["CPUExecutionProvider"], sess_options=options)
 
 
 @dataclass

@@ -34,11 +34,17 @@ class Result:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
 
         return {
-            "url": self.url, "concurrency": self.concurrency, "requests": self.requests, "errors": self.errors,
-            "audio_s": round(self.audio_s, 1), "wall_s": round(self.wall_s, 2),
+            "url": self.url,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "audio_s": round(self.audio_s, 1),
+            "wall_s": round(self.wall_s, 2),
             "rtfx": round(self.audio_s / self.wall_s, 2) if self.wall_s else None,
             "requests_per_s": round(len(lat) / self.wall_s, 2) if self.wall_s else None,
-            "p50_s": pct(0.5), "p95_s": pct(0.95), "p99_s": pct(0.99),
+            "p50_s": pct(0.5),
+            "p95_s": pct(0.95),
+            "p99_s": pct(0.99),
             "mean_s": round(statistics.fmean(lat), 3) if lat else None,
             "server_peak_rss_mib": self.server_peak_rss_mib,
         }
@@ -64,8 +70,15 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 async def run_load(
-    url: str, files: list[Path], concurrency: int, requests: int | None, duration_s: float | None,
-    model: str = "whisper-1", language: str | None = None, api_key: str | None = None, timeout_s: float = 600,
+    url: str,
+    files: list[Path],
+    concurrency: int,
+    requests: int | None,
+    duration_s: float | None,
+    model: str = "whisper-1",
+    language: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 600,
 ) -> Result:
     import httpx
 
@@ -128,8 +141,9 @@ def main(args: argparse.Namespace) -> int:
     files = corpus(args.corpus)
     results = []
     for level in args.concurrency:
-        result = asyncio.run(run_load(args.url, files, level, args.requests, args.duration, args.model,
-                                      args.language, args.api_key))
+        result = asyncio.run(
+            run_load(args.url, files, level, args.requests, args.duration, args.model, args.language, args.api_key)
+        )
         if args.server_pid:
             result.server_peak_rss_mib = peak_rss_mib(args.server_pid)
         summary = result.summary()
@@ -139,8 +153,10 @@ def main(args: argparse.Namespace) -> int:
         Path(args.output).write_text(json.dumps(results, indent=2, ensure_ascii=False))
     print(f"{'conc':>5} {'reqs':>5} {'errors':>7} {'RTFx':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}")
     for r in results:
-        print(f"{r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>7} {r['rtfx'] or 0:>8.2f} "
-              f"{r['p50_s'] or 0:>7.2f} {r['p95_s'] or 0:>7.2f} {r['p99_s'] or 0:>7.2f}")
+        print(
+            f"{r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>7} {r['rtfx'] or 0:>8.2f} "
+            f"{r['p50_s'] or 0:>7.2f} {r['p95_s'] or 0:>7.2f} {r['p99_s'] or 0:>7.2f}"
+        )
     return 0
 
 

@@ -10,7 +10,6 @@ from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import Engine, Generation, SamplingOptions, WindowInput
 
-
 # Above this many characters per second of audio, text is denser than anyone speaks (a loop).
 MAX_SPOKEN_CHARS_PER_S = 25.0
 
@@ -47,9 +46,7 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def decode_with_fallback(
-    engine: Engine, windows: Sequence[WindowInput], options: DecodeOptions
-) -> list[Decoded]:
+def decode_with_fallback(engine: Engine, windows: Sequence[WindowInput], options: DecodeOptions) -> list[Decoded]:
     """Decode all windows at the first temperature; retry only the failing ones at the next."""
     attempts: list[list[Decoded]] = [[] for _ in windows]
     pending = list(range(len(windows)))
@@ -97,9 +94,7 @@ def _failed(decoded: Decoded, options: DecodeOptions) -> bool:
 
 
 def _best(tries: list[Decoded], options: DecodeOptions) -> Decoded:
-    """The last attempt if it passed; when every temperature failed, the likeliest non-looping one.
-
-    """
+    """The last attempt if it passed; when every temperature failed, the likeliest non-looping one."""
     if not _failed(tries[-1], options) or tries[-1].is_silence(options):
         return tries[-1]
     return max(tries, key=lambda d: (not d.looping, d.avg_logprob))

@@ -91,7 +91,8 @@ def iter_segments(
         if options.task == "translate" or options.language not in (None, "en"):
             raise UnsupportedFeatureError(
                 f"model {engine.model_name} is English-only: it can neither translate nor transcribe "
-                f"{options.language!r}", param="language" if options.language else "model",
+                f"{options.language!r}",
+                param="language" if options.language else "model",
             )
     elif options.language:
         info.language = options.language
@@ -153,7 +154,7 @@ def _batched(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCall
             ordered.append((chunk, features[i], decoded[i]))
             if i in tails:
                 ordered.append((tails[i], tail_feature_of[i], tail_decoded[i]))
-        yield from _emit(ctx, *map(list, zip(*ordered, strict=True)), keep_tail=True)  # type: ignore[arg-type]
+        yield from _emit(ctx, [o[0] for o in ordered], [o[1] for o in ordered], [o[2] for o in ordered], True)
         if progress:
             progress(samples_to_ms(group[-1].end))
 
@@ -208,7 +209,10 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
 
 
 def _emit(
-    ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray], decoded: Sequence[Decoded],
+    ctx: _Context,
+    chunks: Sequence[AudioChunk],
+    features: Sequence[np.ndarray],
+    decoded: Sequence[Decoded],
     keep_tail: bool,
 ) -> Iterator[Segment]:
     tokenizer = ctx.engine.tokenizer
@@ -321,4 +325,3 @@ class _WindowReader:
         if len(samples) < HOP_LENGTH:
             return None
         return AudioChunk(self.base, samples.copy())
-

@@ -54,7 +54,9 @@ def _merge_punctuation(words: list[Word]) -> list[Word]:
     carry: Word | None = None
     for word in words:
         if word.word.strip() and all(c in PREPEND_PUNCTUATION for c in word.word.strip()) and word.word.startswith(" "):
-            carry = word if carry is None else Word(carry.word + word.word, carry.start_ms, word.end_ms, carry.probability)
+            carry = (
+                word if carry is None else Word(carry.word + word.word, carry.start_ms, word.end_ms, carry.probability)
+            )
             continue
         if carry is not None:
             word = Word(carry.word + word.word.lstrip(), carry.start_ms, word.end_ms, word.probability)
@@ -83,7 +85,7 @@ def _clamp(words: list[Word], span: SegmentSpan) -> list[Word]:
         end = min(max(w.end_ms, start + MIN_WORD_MS), span.end_ms)
         if end - start > longest:
             # Long "words" absorb a pause: before the first word of a segment, after a sentence end.
-            if i == 0 or out and out[-1].word.rstrip()[-1:] in SENTENCE_END:
+            if i == 0 or (out and out[-1].word.rstrip()[-1:] in SENTENCE_END):
                 start = end - longest
             else:
                 end = start + longest

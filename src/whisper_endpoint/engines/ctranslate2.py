@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from whisper_endpoint.audio.features import HOP_LENGTH
 from whisper_endpoint.audio import SAMPLE_RATE
+from whisper_endpoint.audio.features import HOP_LENGTH
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import (
@@ -40,7 +40,11 @@ class CTranslate2Engine:
     capabilities = Capabilities()
 
     def __init__(
-        self, files: ModelFiles, device: str = "cpu", compute_type: str = "default", threads: int = 0,
+        self,
+        files: ModelFiles,
+        device: str = "cpu",
+        compute_type: str = "default",
+        threads: int = 0,
         max_batch_size: int = 8,
     ) -> None:
         ct2 = _import_ctranslate2()
@@ -48,8 +52,11 @@ class CTranslate2Engine:
         if compute_type == "default":
             compute_type = "float16" if device == "cuda" else "int8"
         self.model = ct2.models.Whisper(
-            str(files.path), device=device, compute_type=compute_type,
-            intra_threads=threads or (os.cpu_count() or 1), inter_threads=1,
+            str(files.path),
+            device=device,
+            compute_type=compute_type,
+            intra_threads=threads or (os.cpu_count() or 1),
+            inter_threads=1,
         )
         self.model_name = files.name
         self.multilingual = bool(self.model.is_multilingual)
@@ -96,9 +103,7 @@ class CTranslate2Engine:
             token_logprobs = None
             if options.token_logprobs:
                 token_logprobs = self._token_logprobs(result.logits[0], tokens)
-            generations.append(
-                Generation(tuple(tokens), sum_logprob, float(result.no_speech_prob), token_logprobs)
-            )
+            generations.append(Generation(tuple(tokens), sum_logprob, float(result.no_speech_prob), token_logprobs))
         return generations
 
     @staticmethod

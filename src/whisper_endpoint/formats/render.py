@@ -80,9 +80,7 @@ def word_json(word: Word) -> dict[str, Any]:
     return {"word": word.word, "start": _seconds(word.start_ms), "end": _seconds(word.end_ms)}
 
 
-def render_verbose_json(
-    transcript: Transcript, segments: bool = True, words: bool = False
-) -> dict[str, Any]:
+def render_verbose_json(transcript: Transcript, segments: bool = True, words: bool = False) -> dict[str, Any]:
     """OpenAI's shape: `words` only when asked; `["word"]` alone leaves out `segments`."""
     body: dict[str, Any] = {
         "task": transcript.task,

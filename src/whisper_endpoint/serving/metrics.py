@@ -10,7 +10,9 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("whisper_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.requests = Counter(
+            "whisper_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
         self.errors = Counter("whisper_errors", "Errors by code", ["code"], registry=r)
         self.audio_seconds = Counter("whisper_audio_seconds", "Audio seconds transcribed", registry=r)
         self.inflight = Gauge("whisper_requests_inflight", "Transcriptions admitted and not finished", registry=r)
@@ -20,13 +22,19 @@ class Metrics:
             "whisper_cancelled_windows", "Windows dropped because their client went away", registry=r
         )
         self.cancelled_requests = Counter("whisper_cancelled_requests", "Requests whose client went away", registry=r)
-        self.rejected = Counter("whisper_rejected_requests", "Requests refused by admission control", ["reason"], registry=r)
-        self.queue_wait = Histogram("whisper_queue_wait_seconds", "Wait of a job for the engine", registry=r,
-                                    buckets=LATENCY_BUCKETS)
-        self.processing = Histogram("whisper_processing_seconds", "Wall time of a transcription", registry=r,
-                                    buckets=LATENCY_BUCKETS)
-        self.batch_size = Histogram("whisper_batch_size", "Windows per engine call", registry=r,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.rejected = Counter(
+            "whisper_rejected_requests", "Requests refused by admission control", ["reason"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "whisper_queue_wait_seconds", "Wait of a job for the engine", registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.processing = Histogram(
+            "whisper_processing_seconds", "Wall time of a transcription", registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.batch_size = Histogram(
+            "whisper_batch_size", "Windows per engine call", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+        )
         self.realtime_factor = Gauge("whisper_realtime_factor", "Audio seconds per wall second, recent", registry=r)
-        self.fallbacks = Counter("whisper_temperature_fallbacks", "Windows decoded again at a higher temperature",
-                                 registry=r)
+        self.fallbacks = Counter(
+            "whisper_temperature_fallbacks", "Windows decoded again at a higher temperature", registry=r
+        )

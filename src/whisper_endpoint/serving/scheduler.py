@@ -56,7 +56,9 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
-    def submit(self, request_id: str, kind: str, items: Sequence[Any], options: SamplingOptions | None = None) -> Future[list[Any]]:
+    def submit(
+        self, request_id: str, kind: str, items: Sequence[Any], options: SamplingOptions | None = None
+    ) -> Future[list[Any]]:
         job = _Job(request_id, kind, items, options)
         with self._cond:
             self._queues.setdefault(request_id, deque()).append(job)
@@ -112,7 +114,7 @@ class Scheduler:
                 for request_id in list(self._queues):
                     queue = self._queues[request_id]
                     job = queue[0]
-                    if job.kind != head.kind or job.options != head.options or head.kind != "generate" and batch:
+                    if job.kind != head.kind or job.options != head.options or (head.kind != "generate" and batch):
                         continue
                     if batch and size + len(job.items) > self.max_batch_size:
                         continue
@@ -129,7 +131,9 @@ class Scheduler:
             return batch
 
     def _count(self, head: _Job) -> int:
-        return sum(len(q[0].items) for q in self._queues.values() if q[0].kind == head.kind and q[0].options == head.options)
+        return sum(
+            len(q[0].items) for q in self._queues.values() if q[0].kind == head.kind and q[0].options == head.options
+        )
 
     def _loop(self) -> None:
         while not self._stopping:

@@ -1,0 +1,171 @@
+"""Scheduler behaviour with a fake engine (fairness, batching, cancellation); real engine under load."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import JFK, RunningServer, start_server
+from tests.datasets import DATA, english_normalizer
+from whisper_endpoint.config import Settings
+from whisper_endpoint.engines.base import Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+from whisper_endpoint.errors import CancelledRequestError
+from whisper_endpoint.serving.metrics import Metrics
+from whisper_endpoint.serving.scheduler import Scheduler
+
+
+class SlowFakeEngine:
+    """Records which request each batch served; each call takes a fixed time."""
+
+    name = "fake"
+    model_name = "fake"
+    n_mels = 80
+    multilingual = False
+    capabilities = Capabilities()
+    max_batch_size = 4
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.tokenizer = None
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        time.sleep(0.02)
+        self.batches.append([float(w.features[0, 0]) for w in windows])
+        return [Generation((), 0.0, 0.0) for _ in windows]
+
+
+def _window(tag: float) -> WindowInput:
+    return WindowInput(np.full((80, 3000), tag, np.float32), ())
+
+
+def test_short_request_is_not_stuck_behind_a_long_one() -> None:
+    engine = SlowFakeEngine()
+    scheduler = Scheduler(engine, Metrics(), max_batch_size=4, batch_wait_s=0)  # type: ignore[arg-type]
+    long_jobs = [scheduler.submit("long", "generate", [_window(1.0)] * 4, SamplingOptions()) for _ in range(20)]
+    time.sleep(0.05)
+    short = scheduler.submit("short", "generate", [_window(2.0)], SamplingOptions())
+    short.result(timeout=5)
+    done_long = sum(f.done() for f in long_jobs)
+    assert done_long < 8  # the short one went ahead of most of the long request's windows
+    for f in long_jobs:
+        f.result(timeout=10)
+    scheduler.stop()
+
+
+def test_windows_of_different_requests_share_a_batch() -> None:
+    engine = SlowFakeEngine()
+    scheduler = Scheduler(engine, Metrics(), max_batch_size=4, batch_wait_s=0.2)  # type: ignore[arg-type]
+    futures = [scheduler.submit(f"r{i}", "generate", [_window(float(i))], SamplingOptions()) for i in range(4)]
+    for f in futures:
+        f.result(timeout=5)
+    assert sorted(engine.batches[0]) == [0.0, 1.0, 2.0, 3.0]
+    scheduler.stop()
+
+
+def test_cancel_drops_pending_windows() -> None:
+    engine = SlowFakeEngine()
+    metrics = Metrics()
+    scheduler = Scheduler(engine, metrics, max_batch_size=1, batch_wait_s=0)  # type: ignore[arg-type]
+    futures = [scheduler.submit("gone", "generate", [_window(1.0)], SamplingOptions()) for _ in range(50)]
+    time.sleep(0.05)
+    dropped = scheduler.cancel("gone")
+    assert dropped > 30
+    assert scheduler.pending_windows == 0
+    with pytest.raises(CancelledRequestError):
+        futures[-1].result(timeout=5)
+    assert metrics.cancelled_windows._value.get() == dropped
+    scheduler.stop()
+
+
+def _transcribe(url: str, path: str) -> str:
+    with open(path, "rb") as f:
+        response = httpx.post(url + "/v1/audio/transcriptions", files={"file": f}, data={"language": "en"}, timeout=300)
+    response.raise_for_status()
+    return str(response.json()["text"])
+
+
+def test_sixteen_concurrent_clients_get_the_same_text(server: RunningServer) -> None:
+    clips = sorted((DATA / "B_librispeech" / "test-clean").rglob("*.flac"))[:8]
+    alone = {str(c): _transcribe(server.url, str(c)) for c in clips}
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda c: (c, _transcribe(server.url, c)), [str(c) for c in clips] * 2))
+    for clip, text in together:
+        assert english_normalizer()(text) == english_normalizer()(alone[clip])
+
+
+def test_short_clip_finishes_before_long_file(server: RunningServer) -> None:
+    long_file = DATA / "C_longform" / "ljspeech_LJ001-0001_to_0032_concat.flac"
+    finished: dict[str, float] = {}
+
+    def run(name: str, path: str) -> None:
+        _transcribe(server.url, path)
+        finished[name] = time.monotonic()
+
+    long_thread = threading.Thread(target=run, args=("long", str(long_file)))
+    long_thread.start()
+    time.sleep(2.0)
+    run("short", str(JFK))
+    long_thread.join()
+    assert finished["short"] < finished["long"]
+
+
+def test_flood_gets_429_with_retry_after_never_5xx(engine: CTranslate2Engine) -> None:
+    running, thread = start_server(Settings(max_inflight_requests=2, max_queued_audio_s=30), engine)
+    try:
+
+        async def flood() -> list[httpx.Response]:
+            data = JFK.read_bytes()
+            async with httpx.AsyncClient(timeout=300) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post(running.url + "/v1/audio/transcriptions", files={"file": ("j.flac", data)})
+                        for _ in range(12)
+                    )
+                )
+
+        responses = asyncio.run(flood())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses
+        for r in responses:
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert r.json()["error"]["type"] == "rate_limit_error"
+            else:
+                assert "ask not what your country" in r.json()["text"]
+    finally:
+        running.server.should_exit = True
+        thread.join(timeout=60)
+
+
+def test_disconnect_cancels_the_work(server: RunningServer) -> None:
+    long_file = DATA / "C_longform" / "ljspeech_LJ001-0001_to_0032_concat.flac"
+    before = httpx.get(server.url + "/metrics").text
+    with pytest.raises(httpx.ReadTimeout), long_file.open("rb") as f:
+        httpx.post(server.url + "/v1/audio/transcriptions", files={"file": f}, timeout=httpx.Timeout(60, read=3))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        metrics = httpx.get(server.url + "/metrics").text
+        if (
+            _value(metrics, "whisper_cancelled_requests_total") > _value(before, "whisper_cancelled_requests_total")
+            and _value(metrics, "whisper_requests_inflight") == 0
+        ):
+            break
+        time.sleep(0.5)
+    assert _value(metrics, "whisper_cancelled_requests_total") > _value(before, "whisper_cancelled_requests_total")
+    assert _value(metrics, "whisper_requests_inflight") == 0
+    assert _value(metrics, "whisper_queue_windows") == 0
+
+
+def _value(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
