@@ -122,3 +122,17 @@ def test_request_id_echoed_and_temp_files_removed(server: RunningServer) -> None
     _post(server, file=("bad.mp3", b"\x00" * 5000))
     assert all(not any(d.iterdir()) for d in spool_dirs)
     assert httpx.get(server.url + "/metrics").text.count("whisper_requests_total") > 0
+
+
+def test_draining_server_answers_503(engine: CTranslate2Engine) -> None:
+    running, thread = start_server(Settings(), engine)
+    try:
+        running.server.config.app.state.draining = True  # what SIGTERM handling sets
+        response = _post(running)
+        _error(response, 503)
+        assert int(response.headers["Retry-After"]) >= 1
+        assert httpx.get(running.url + "/ready").status_code == 503
+        assert httpx.get(running.url + "/health").status_code == 200
+    finally:
+        running.server.should_exit = True
+        thread.join(timeout=30)
