@@ -189,10 +189,10 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
     seek = 0
     previous = list(ctx.prompt_tokens)
     while (window := reader.window(seek)) is not None:
-        features = log_mel_window(window.samples, ctx.engine.n_mels)
         if not _has_speech(window.samples):
             seek = window.end
             continue
+        features = log_mel_window(window.samples, ctx.engine.n_mels)
         _detect_language(ctx, features)
         window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)))
         decoded = decode_with_fallback(ctx.engine, [window_input], ctx.options)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
@@ -54,7 +53,6 @@ class TranscriptionService:
         self.metrics = metrics
         self.scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.batch_wait_ms / 1000)
         self.pool = ThreadPoolExecutor(max_workers=settings.max_inflight_requests, thread_name_prefix="request")
-        self.workers = settings.worker_threads or os.cpu_count() or 1
         self._lock = threading.Lock()
         self.inflight = 0
         self.queued_audio_s = 0.0
