@@ -86,10 +86,9 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from whisper_endpoint.api.app import create_app
     from whisper_endpoint.config import Settings
+    from whisper_endpoint.serving.shutdown import serve
 
     overrides = {
         k: v
@@ -103,13 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = Settings(**overrides)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-    )
+    serve(app, settings.host, settings.port, settings.log_level, settings.shutdown_grace_s)
     return 0
 
 

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(64, ge=1)
     request_timeout_s: float = Field(3600.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
-    worker_threads: int = Field(0, ge=0, description="Front-end (decode, VAD, log-mel) pool; 0 = cores.")
+    worker_threads: int = Field(0, ge=0, description="Requests decoding audio at once; 0 = cores.")
 
     # vLLM engine (GPU)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)

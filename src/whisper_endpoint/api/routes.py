@@ -180,7 +180,7 @@ async def _handle(request: Request, task: Task, file: UploadFile, model: str | N
     raw = (file.content_type or "").split(";")[0].strip().lower() in RAW_PCM_TYPES or path.suffix == ".raw"
     job = Job(AudioSource(path, raw_pcm=raw), req.options, request_id=request.state.request_id)
     try:
-        service.admit(job)
+        await asyncio.to_thread(service.admit, job)  # probing the container is file I/O
     except BaseException:
         path.unlink(missing_ok=True)
         raise

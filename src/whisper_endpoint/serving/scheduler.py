@@ -170,7 +170,13 @@ class Scheduler:
 class ScheduledEngine:
     """The Engine interface for one request, backed by the shared scheduler."""
 
-    def __init__(self, scheduler: Scheduler, request_id: str, cancelled: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        request_id: str,
+        cancelled: Callable[[], bool],
+        front_end_slot: threading.Semaphore | None = None,
+    ) -> None:
         engine = scheduler.engine
         self.name: str = engine.name
         self.model_name: str = engine.model_name
@@ -182,11 +188,20 @@ class ScheduledEngine:
         self._scheduler = scheduler
         self._request_id = request_id
         self._cancelled = cancelled
+        self._slot = front_end_slot
 
     def _call(self, kind: str, items: Sequence[Any], options: SamplingOptions | None = None) -> list[Any]:
         if self._cancelled():
             raise CancelledRequestError("request cancelled")
-        return self._scheduler.submit(self._request_id, kind, items, options).result()
+        future = self._scheduler.submit(self._request_id, kind, items, options)
+        # The calling thread holds a front-end slot; while it only waits for the engine, another may work.
+        if self._slot is None:
+            return future.result()
+        self._slot.release()
+        try:
+            return future.result()
+        finally:
+            self._slot.acquire()
 
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         return self._call("generate", windows, options)

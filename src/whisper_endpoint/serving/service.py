@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
@@ -52,7 +53,10 @@ class TranscriptionService:
         self.engine = engine
         self.metrics = metrics
         self.scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.batch_wait_ms / 1000)
+        # One thread per admitted request, but only `worker_threads` (default: the cores) of them may do
+        # front-end work (decode, VAD, log-mel) at once; the others wait for a slot or for the engine.
         self.pool = ThreadPoolExecutor(max_workers=settings.max_inflight_requests, thread_name_prefix="request")
+        self.front_end_slots = threading.BoundedSemaphore(settings.worker_threads or os.cpu_count() or 1)
         self._lock = threading.Lock()
         self.inflight = 0
         self.queued_audio_s = 0.0
@@ -96,15 +100,17 @@ class TranscriptionService:
         """Segments in audio order as they finish. Closing the iterator early cancels the work."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        engine = ScheduledEngine(self.scheduler, job.request_id, job.cancelled.is_set)
+        slots = self.front_end_slots
+        engine = ScheduledEngine(self.scheduler, job.request_id, job.cancelled.is_set, slots)
         source = AudioSource(job.source.path, job.source.raw_pcm, self.settings.max_audio_duration_s)
 
         def work() -> None:
             try:
-                for segment in iter_segments(source, engine, job.options, job.info):
-                    loop.call_soon_threadsafe(queue.put_nowait, segment)
-                    if job.cancelled.is_set():
-                        break
+                with slots:
+                    for segment in iter_segments(source, engine, job.options, job.info):
+                        loop.call_soon_threadsafe(queue.put_nowait, segment)
+                        if job.cancelled.is_set():
+                            break
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
             except BaseException as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

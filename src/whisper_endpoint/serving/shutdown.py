@@ -1,0 +1,73 @@
+"""Graceful shutdown: on SIGTERM (or Ctrl-C) stop admitting, let in-flight requests finish, exit 0."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+CLOSE_CONNECTIONS_S = 5  # after the drain: time for idle keep-alive connections to close
+
+
+def begin_drain(app: FastAPI) -> None:
+    """From now on /ready and new transcription requests answer 503."""
+    app.state.draining = True
+    service = getattr(app.state, "service", None)
+    if service is not None:
+        service.draining = True
+
+
+def inflight_requests(app: FastAPI) -> int:
+    service = getattr(app.state, "service", None)
+    return int(service.inflight) if service is not None else 0
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first exit signal drains instead of stopping.
+
+    The listening socket stays open while draining, so a load balancer still polling gets 503s (and
+    takes the instance out) rather than refused connections. The second signal stops at once. The
+    signal is not re-raised after shutdown as uvicorn would, so a drained server exits with status 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, grace_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.grace_s = grace_s
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:
+            log.warning("second exit signal: stopping without waiting for in-flight requests")
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._draining = True
+        begin_drain(self.app)
+        log.info(
+            "exit signal: draining %d in-flight request(s), grace %.0f s", inflight_requests(self.app), self.grace_s
+        )
+        threading.Thread(target=self._wait_then_exit, name="drain", daemon=True).start()
+
+    def _wait_then_exit(self) -> None:
+        deadline = time.monotonic() + self.grace_s
+        while inflight_requests(self.app) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        left = inflight_requests(self.app)
+        if left:
+            log.warning("grace period over: cancelling %d request(s)", left)
+        self.should_exit = True
+
+
+def serve(app: FastAPI, host: str, port: int, log_level: str, grace_s: float) -> None:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=CLOSE_CONNECTIONS_S
+    )
+    DrainingServer(config, app, grace_s).run()

@@ -1,0 +1,72 @@
+"""A real `whisper-endpoint serve` process on a loopback port, for shutdown and memory tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    def metric(self, name: str) -> float:
+        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return 0.0
+
+    def status_kib(self, field: str) -> int:
+        """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def log(self) -> str:
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+
+
+@contextmanager
+def server_process(tmp_dir: Path, model: str = "tiny.en", **env: str) -> Iterator[ServerProcess]:
+    """Starts the server with TMPDIR=tmp_dir and WHISPER_* settings from `env`; kills it if still running."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environ = {**os.environ, "TMPDIR": str(tmp_dir), **{f"WHISPER_{k.upper()}": v for k, v in env.items()}}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "whisper_endpoint", "serve", "--model", model, "--port", str(port)],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "the server exited during start-up"
+            assert time.monotonic() < deadline, "the server did not become ready"
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield ServerProcess(proc, url)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def leftovers(tmp_dir: Path) -> list[Path]:
+    """Spool folders and uploads of ours still on disk."""
+    return [p for p in tmp_dir.rglob("*") if p.name.startswith(("whisper-endpoint-", "upload-"))]
