@@ -27,7 +27,7 @@ serve: install
 	$(VENV)/bin/whisper-endpoint serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
 test: $(VENV)/.installed-test browser lint

@@ -47,7 +47,7 @@ from whisper_endpoint.serving.service import TranscriptionService
 
 log = logging.getLogger("whisper_endpoint.access")
 API_PREFIXES = ("/v1", "/api/v1")
-OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/static")
+PLAYGROUND_CSP = "default-src 'self'; media-src 'self' blob:; img-src 'self' data: blob:; object-src 'none'"
 
 
 def error_response(exc: WhisperEndpointError) -> JSONResponse:
@@ -243,6 +243,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     static = Path(str(importlib.resources.files("fastapi_offline") / "static"))
     app.mount("/static/swagger", StaticFiles(directory=static), name="swagger")
+    playground = Path(str(importlib.resources.files("whisper_endpoint") / "static" / "playground"))
+    app.mount("/static/playground", StaticFiles(directory=playground), name="playground")
+
+    @app.get("/", include_in_schema=False)
+    async def playground_page() -> HTMLResponse:
+        # The page may talk to this server only: the browser enforces it.
+        return HTMLResponse(
+            (playground / "index.html").read_text(encoding="utf-8"), headers={"Content-Security-Policy": PLAYGROUND_CSP}
+        )
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

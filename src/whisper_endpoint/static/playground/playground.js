@@ -1,0 +1,230 @@
+// The playground: one page, no dependencies, talks only to the server that served it.
+"use strict";
+
+const LANGUAGE_CODES = ("en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no " +
+  "th ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so " +
+  "af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue").split(" ");
+
+const $ = (id) => document.getElementById(id);
+const state = { audio: null, name: "", segments: [], text: "", language: null, duration: null, controller: null };
+
+// ---- timestamps and renderers: the same output as the API's srt and vtt ----
+function stamp(ms, decimal) {
+  ms = Math.max(0, Math.round(ms));
+  const pad = (n, w) => String(n).padStart(w, "0");
+  const h = Math.floor(ms / 3600000), m = Math.floor(ms / 60000) % 60, s = Math.floor(ms / 1000) % 60;
+  return `${pad(h, 2)}:${pad(m, 2)}:${pad(s, 2)}${decimal}${pad(ms % 1000, 3)}`;
+}
+function renderSrt(segments) {
+  const blocks = segments.map((s, i) => `${i + 1}\n${stamp(s.start_ms, ",")} --> ${stamp(s.end_ms, ",")}\n${s.text.trim()}\n`);
+  return blocks.join("\n") + (blocks.length ? "\n" : "");
+}
+function renderVtt(segments) {
+  const blocks = ["WEBVTT\n", ...segments.map((s) => `${stamp(s.start_ms, ".")} --> ${stamp(s.end_ms, ".")}\n${s.text.trim()}\n`)];
+  return blocks.join("\n") + "\n";
+}
+function clock(ms) {
+  const s = ms / 1000, m = Math.floor(s / 60);
+  return `${m}:${(s - m * 60).toFixed(1).padStart(4, "0")}`;
+}
+
+// ---- page state ----
+function setState(name, message) {
+  document.body.dataset.state = name;
+  $("status").textContent = message || "";
+  const busy = name === "uploading" || name === "streaming";
+  $("submit").disabled = busy || !state.audio;
+  $("cancel").hidden = !busy;
+}
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+function resetOutput() {
+  state.segments = []; state.text = ""; state.language = null; state.duration = null;
+  $("live").textContent = ""; $("segments").replaceChildren(); $("raw").textContent = "";
+  showError("");
+  for (const id of ["download-srt", "download-vtt", "download-json"]) $(id).disabled = true;
+}
+function addSegment(segment) {
+  state.segments.push(segment);
+  const item = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.title = "play from here";
+  const time = document.createElement("time");
+  time.textContent = `${clock(segment.start_ms)} → ${clock(segment.end_ms)}`;
+  const text = document.createElement("span");
+  text.textContent = segment.text.trim();
+  button.append(time, text);
+  button.addEventListener("click", () => {
+    const player = $("player");
+    player.currentTime = segment.start_ms / 1000;
+    player.play().catch(() => {});
+  });
+  item.append(button);
+  $("segments").append(item);
+}
+function finish(text) {
+  state.text = text;
+  $("live").textContent = text;
+  const timed = state.segments.length > 0;
+  $("download-srt").disabled = !timed;
+  $("download-vtt").disabled = !timed;
+  $("download-json").disabled = false;
+}
+
+// ---- input: file picker, drag and drop, microphone ----
+function useAudio(blob, name) {
+  state.audio = blob; state.name = name;
+  $("picked").textContent = `${name} (${(blob.size / 1024).toFixed(0)} KiB)`;
+  const player = $("player");
+  if (player.src) URL.revokeObjectURL(player.src);
+  player.src = URL.createObjectURL(blob);
+  setState("idle");
+}
+$("file").addEventListener("change", (e) => { const f = e.target.files[0]; if (f) useAudio(f, f.name); });
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault(); drop.classList.remove("over");
+  const f = e.dataTransfer.files[0];
+  if (f) useAudio(f, f.name);
+});
+
+let recorder = null;
+$("record").addEventListener("click", async () => {
+  if (recorder) { recorder.stop(); return; }
+  if (!navigator.mediaDevices || !window.MediaRecorder) { showError("This browser cannot record audio here."); return; }
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const chunks = [];
+    recorder = new MediaRecorder(stream);
+    recorder.ondataavailable = (e) => chunks.push(e.data);
+    recorder.onstop = () => {
+      stream.getTracks().forEach((t) => t.stop());
+      const type = recorder.mimeType || "audio/webm";
+      useAudio(new Blob(chunks, { type }), `recording.${type.includes("ogg") ? "ogg" : "webm"}`);
+      recorder = null;
+      $("record").textContent = "● Record"; $("record").classList.remove("recording");
+    };
+    recorder.start();
+    $("record").textContent = "■ Stop"; $("record").classList.add("recording");
+  } catch (err) {
+    showError(`Microphone unavailable: ${err.message}`);
+  }
+});
+
+// ---- talking to the API ----
+async function apiError(response) {
+  let message = response.statusText || "request failed";
+  try { message = (await response.json()).error.message; } catch (_) { /* not our envelope */ }
+  const retry = response.headers.get("Retry-After");
+  const prefix = {
+    400: "The server could not use this request", 401: "API key needed or wrong", 404: "Not found",
+    413: "File too large", 429: "Server busy", 503: "Server unavailable", 504: "Took too long",
+  }[response.status] || `Error ${response.status}`;
+  return `${prefix}: ${message}${retry ? ` Retry in ${retry} s.` : ""}`;
+}
+
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (data) onEvent(JSON.parse(data));
+    }
+  }
+}
+
+async function submit(event) {
+  event.preventDefault();
+  if (!state.audio) return;
+  resetOutput();
+  const task = $("task").value, format = $("format").value;
+  const streaming = $("stream").checked && task === "transcribe";
+  const form = new FormData();
+  form.append("file", state.audio, state.name);
+  form.append("model", "whisper-1");
+  form.append("response_format", format);
+  if ($("language").value && task === "transcribe") form.append("language", $("language").value);
+  if (streaming) form.append("stream", "true");
+  const headers = {};
+  if ($("key").value) headers.Authorization = `Bearer ${$("key").value}`;
+  state.controller = new AbortController();
+  setState("uploading", "uploading…");
+  try {
+    const url = `/v1/audio/${task === "translate" ? "translations" : "transcriptions"}`;
+    const response = await fetch(url, { method: "POST", body: form, headers, signal: state.controller.signal });
+    if (!response.ok) throw new Error(await apiError(response));
+    setState("streaming", "transcribing…");
+    if (streaming) {
+      const events = [];
+      await readEvents(response, (e) => {
+        events.push(e);
+        if (e.type === "transcript.text.delta") $("live").textContent += e.delta;
+        else if (e.type === "transcript.text.segment") addSegment({ start_ms: e.start * 1000, end_ms: e.end * 1000, text: e.text });
+        else if (e.type === "transcript.text.done") finish(e.text);
+        else if (e.type === "error") throw new Error(e.error.message);
+      });
+      $("raw").textContent = events.map((e) => JSON.stringify(e)).join("\n");
+    } else if (format === "json" || format === "verbose_json") {
+      const body = await response.json();
+      $("raw").textContent = JSON.stringify(body, null, 2);
+      state.language = body.language || null; state.duration = body.duration || null;
+      for (const s of body.segments || []) addSegment({ start_ms: s.start * 1000, end_ms: s.end * 1000, text: s.text });
+      finish(body.text);
+    } else {
+      const body = await response.text();
+      $("raw").textContent = body;
+      finish(format === "text" ? body.trim() : "");
+      if (format !== "text") $("live").textContent = body;
+    }
+    setState("done", `done: ${state.segments.length} segment(s)`);
+  } catch (err) {
+    setState("failed", "");
+    showError(err.name === "AbortError" ? "Cancelled." : err.message);
+  } finally {
+    state.controller = null;
+  }
+}
+$("form").addEventListener("submit", submit);
+$("cancel").addEventListener("click", () => state.controller && state.controller.abort());
+
+// ---- downloads ----
+function download(content, type, extension) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([content], { type }));
+  a.download = `${(state.name || "transcript").replace(/\.[^.]*$/, "")}.${extension}`;
+  document.body.append(a);
+  a.click();
+  setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+}
+$("download-srt").addEventListener("click", () => download(renderSrt(state.segments), "text/plain", "srt"));
+$("download-vtt").addEventListener("click", () => download(renderVtt(state.segments), "text/vtt", "vtt"));
+$("download-json").addEventListener("click", () => {
+  const segments = state.segments.map((s, id) => ({ id, start: s.start_ms / 1000, end: s.end_ms / 1000, text: s.text }));
+  download(JSON.stringify({ text: state.text, segments }, null, 2), "application/json", "json");
+});
+
+// ---- start-up ----
+const names = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "language" }) : null;
+for (const code of LANGUAGE_CODES) {
+  const option = document.createElement("option");
+  option.value = code;
+  let name = code;
+  try { name = (names && names.of(code)) || code; } catch (_) { /* codes Intl does not know */ }
+  option.textContent = `${name} (${code})`;
+  $("language").append(option);
+}
+fetch("/ready").then((r) => r.json()).then((body) => { $("model").textContent = body.model || "loading"; }).catch(() => {});
+setState("idle");

@@ -1,0 +1,119 @@
+"""The playground page at /, driven by headless Chromium against a real server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.browser import ARTIFACTS, needs_chromium, offline_page
+from tests.conftest import RunningServer, start_server
+from tests.datasets import clips, wer
+from whisper_endpoint.config import Settings
+from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+
+KEY = "playground-key"
+CLIP = next(c for c in clips("C_longform") if c.path.name.startswith("earnings22_1"))
+
+
+@pytest.fixture(scope="module")
+def keyed_server(engine: CTranslate2Engine) -> Iterator[RunningServer]:
+    # Sequential windows make the stream arrive in several steps, so "text while streaming" is observable.
+    running, thread = start_server(Settings(model="base", api_key=KEY, strategy="sequential"), engine)
+    yield running
+    running.server.should_exit = True
+    thread.join(timeout=30)
+
+
+def api(server: RunningServer, path: Path, **form: str) -> httpx.Response:
+    with path.open("rb") as f:
+        return httpx.post(
+            f"{server.v1}/audio/transcriptions",
+            files={"file": (path.name, f)},
+            data=form,
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=300,
+        )
+
+
+@needs_chromium
+def test_playground_streams_shows_segments_and_downloads_srt(keyed_server: RunningServer, tmp_path: Path) -> None:
+    outside: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+    # bypass_csp: Playwright evaluates its wait conditions as strings, which the page's CSP forbids.
+    with offline_page(
+        keyed_server.url, outside, viewport={"width": 1280, "height": 800}, accept_downloads=True, bypass_csp=True
+    ) as page:
+        page.goto(keyed_server.url + "/")
+        page.wait_for_function("document.getElementById('model').textContent === 'base'")
+        page.set_input_files("#file", str(CLIP.path))
+
+        # Without the key: the API's 401 message, readable.
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=failed]")
+        assert "API key" in page.inner_text("#error")
+
+        page.fill("#key", KEY)
+        page.click("#submit")
+        page.wait_for_function(
+            "document.body.dataset.state === 'streaming' && document.getElementById('live').textContent.length > 0",
+            timeout=120_000,
+        )
+        partial = page.inner_text("#live")
+        page.wait_for_selector("body[data-state=done]", timeout=120_000)
+        final = page.inner_text("#live")
+        segments = page.locator("#segments li")
+        assert segments.count() >= 2
+        assert partial.strip() and final.startswith(partial.strip()[:20]) and len(final) > len(partial)
+        assert wer([CLIP.reference], [final]) < 0.25
+        assert page.inner_text("#segments li:nth-child(2) time").startswith("0:")
+        page.screenshot(path=str(ARTIFACTS / "playground-desktop.png"), full_page=True)
+
+        # A segment plays the audio from its start.
+        page.wait_for_function("document.getElementById('player').readyState >= 1")
+        start_s = float(
+            page.evaluate(
+                "document.querySelectorAll('#segments time')[1].textContent.split(' ')[0]"
+                ".split(':').reduce((m, s) => m * 60 + parseFloat(s), 0)"
+            )
+        )
+        segments.nth(1).locator("button").click()
+        assert abs(page.evaluate("document.getElementById('player').currentTime") - start_s) < 0.2
+
+        with page.expect_download() as download_info:
+            page.click("#download-srt")
+        srt = Path(download_info.value.path()).read_text(encoding="utf-8")
+        assert download_info.value.suggested_filename == CLIP.path.stem + ".srt"
+
+        # Phone width: everything fits without sideways scrolling.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(ARTIFACTS / "playground-phone.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+        # An undecodable file: the API's own message on the page.
+        broken = tmp_path / "broken.mp3"
+        broken.write_bytes(b"this is not audio at all " * 200)
+        page.set_input_files("#file", str(broken))
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=failed]")
+        shown = page.inner_text("#error")
+
+    expected = api(keyed_server, CLIP.path, response_format="srt")
+    assert expected.status_code == 200
+    assert srt == expected.text
+    refused = api(keyed_server, broken)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] in shown
+    assert outside == []
+
+
+def test_playground_page_is_self_contained(keyed_server: RunningServer) -> None:
+    page = httpx.get(keyed_server.url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    for asset in ("/static/playground/playground.js", "/static/playground/playground.css"):
+        assert asset in page.text
+        body = httpx.get(keyed_server.url + asset).text
+        assert "http://" not in body and "https://" not in body
