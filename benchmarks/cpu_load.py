@@ -30,11 +30,12 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.models import resolve_model
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
+def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "whisper_endpoint", "serve", "--model", "base", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -51,8 +52,9 @@ def score(corpus: list[Clip], texts: dict[str, str]) -> float:
     return round(100 * wer([c.reference for c in corpus], [texts.get(c.path.name, "") for c in corpus]), 2)
 
 
-def ours(corpus: list[Clip], levels: list[int], passes: int, port: int) -> list[dict[str, Any]]:
-    proc = start_server(port)
+def ours(corpus: list[Clip], levels: list[int], passes: int, port: int, pack: bool = True) -> list[dict[str, Any]]:
+    proc = start_server(port, {"WHISPER_PACK_WINDOWS": str(pack).lower()})
+    name = "whisper-endpoint" + ("" if pack else " (packing off)")
     url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
     rows = []
     try:
@@ -61,7 +63,7 @@ def ours(corpus: list[Clip], levels: list[int], passes: int, port: int) -> list[
                 run_load(url, [c.path for c in corpus], level, passes * len(corpus), None, language="en")
             )
             result.server_peak_rss_mib = peak_rss_mib(proc.pid)
-            rows.append({"system": "whisper-endpoint", **result.summary(), "wer_pct": score(corpus, result.texts)})
+            rows.append({"system": name, **result.summary(), "wer_pct": score(corpus, result.texts)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         proc.terminate()
@@ -114,6 +116,7 @@ def main() -> None:
     rows = [faster_whisper(corpus, batched=False)]
     print(json.dumps(rows[-1]), flush=True)
     rows += ours(corpus, args.concurrency, args.passes, args.port)
+    rows += ours(corpus, [max(args.concurrency)], args.passes, args.port, pack=False)
     rows.append(faster_whisper(corpus, batched=True))
     print(json.dumps(rows[-1]), flush=True)
 

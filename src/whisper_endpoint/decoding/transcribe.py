@@ -117,12 +117,13 @@ def _check_capabilities(engine: Engine, options: DecodeOptions) -> None:
         raise UnsupportedFeatureError(f"the {engine.name} engine has no beam search", param="beam_size")
 
 
-def _detect_language(ctx: _Context, features: np.ndarray) -> None:
+def _detect_language(ctx: _Context, features: np.ndarray, samples: np.ndarray) -> None:
     if ctx.info.language is not None:
         return
     if not ctx.engine.capabilities.language_detection:
         raise UnsupportedFeatureError(f"the {ctx.engine.name} engine cannot detect the language", param="language")
-    probs = ctx.engine.detect_language([features])[0]
+    window = WindowInput(features, (), samples_to_ms(len(samples)), samples)
+    probs = ctx.engine.detect_language([window])[0]
     code, prob = max(probs.items(), key=lambda kv: kv[1])
     ctx.info.language, ctx.info.language_probability = code, prob
 
@@ -141,7 +142,7 @@ def _batched(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCall
     chunks = iter_speech_chunks(iter(blocks))
     while group := list(islice(chunks, ctx.options.batch_size)):
         features = [log_mel_window(c.samples, ctx.engine.n_mels) for c in group]
-        _detect_language(ctx, features[0])
+        _detect_language(ctx, features[0], group[0].samples)
         decoded = _decode_chunks(ctx, group, features)
         # Whisper often stops before the last words of a full window; decode such tails again.
         tails = {i: t for i, (c, d) in enumerate(zip(group, decoded, strict=True)) if (t := _lost_tail(ctx, c, d))}
@@ -163,7 +164,7 @@ def _decode_chunks(ctx: _Context, chunks: Sequence[AudioChunk], features: Sequen
     if not chunks:
         return []
     windows = [
-        WindowInput(f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)))
+        WindowInput(f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)), c.samples)
         for f, c in zip(features, chunks, strict=True)
     ]
     return decode_with_fallback(ctx.engine, windows, ctx.options)
@@ -193,8 +194,8 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
             seek = window.end
             continue
         features = log_mel_window(window.samples, ctx.engine.n_mels)
-        _detect_language(ctx, features)
-        window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)))
+        _detect_language(ctx, features, window.samples)
+        window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)), window.samples)
         decoded = decode_with_fallback(ctx.engine, [window_input], ctx.options)
         segments = list(_emit(ctx, [window], [features], decoded, keep_tail=False))
         yield from segments

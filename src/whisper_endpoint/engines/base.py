@@ -44,6 +44,7 @@ class WindowInput:
     features: np.ndarray
     prompt: tuple[int, ...]
     duration_ms: int = 30_000  # real audio in the window; the rest of the 30 s is padding
+    samples: np.ndarray | None = None  # the window's 16 kHz audio, for engines and packing that need it
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ class Engine(Protocol):
 
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]: ...
 
-    def detect_language(self, features: Sequence[np.ndarray]) -> list[dict[str, float]]:
-        """Per window, probability of each language code."""
+    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
+        """Per window, probability of each language code (the windows' prompts are not used)."""
         ...
 
     def align(self, items: Sequence[AlignInput]) -> list[Alignment]: ...

@@ -35,6 +35,12 @@ class Metrics:
             "whisper_batch_size", "Windows per engine call", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )
         self.realtime_factor = Gauge("whisper_realtime_factor", "Audio seconds per wall second, recent", registry=r)
+        self.packed_windows = Counter(
+            "whisper_packed_windows", "Short windows decoded together with others in one 30 s window", registry=r
+        )
+        self.pack_redecoded_windows = Counter(
+            "whisper_pack_redecoded_windows", "Packed windows decoded again alone: their text did not split", registry=r
+        )
         self.fallbacks = Counter(
             "whisper_temperature_fallbacks", "Windows decoded again at a higher temperature", registry=r
         )

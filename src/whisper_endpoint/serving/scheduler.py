@@ -16,8 +16,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import (
     AlignInput,
@@ -30,6 +28,7 @@ from whisper_endpoint.engines.base import (
 )
 from whisper_endpoint.errors import CancelledRequestError
 from whisper_endpoint.serving.metrics import Metrics
+from whisper_endpoint.serving.packing import generate_packed
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,11 @@ class _Job:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: Metrics, max_batch_size: int, batch_wait_s: float) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, max_batch_size: int, batch_wait_s: float, pack: bool = False
+    ) -> None:
         self.engine = engine
+        self.pack = pack
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
@@ -161,7 +163,12 @@ class Scheduler:
     def _run(self, kind: str, items: list[Any], options: SamplingOptions | None) -> list[Any]:
         if kind == "generate":
             assert options is not None
-            return list(self.engine.generate(items, options))
+            if not self.pack:
+                return list(self.engine.generate(items, options))
+            results, packed, again = generate_packed(self.engine, items, options)
+            self.metrics.packed_windows.inc(packed)
+            self.metrics.pack_redecoded_windows.inc(again)
+            return results
         if kind == "detect":
             return list(self.engine.detect_language(items))
         return list(self.engine.align(items))
@@ -206,8 +213,8 @@ class ScheduledEngine:
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         return self._call("generate", windows, options)
 
-    def detect_language(self, features: Sequence[np.ndarray]) -> list[dict[str, float]]:
-        return self._call("detect", features)
+    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
+        return self._call("detect", windows)
 
     def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
         return self._call("align", items) if items else []

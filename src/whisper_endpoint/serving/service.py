@@ -52,7 +52,9 @@ class TranscriptionService:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
-        self.scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.batch_wait_ms / 1000)
+        self.scheduler = Scheduler(
+            engine, metrics, engine.max_batch_size, settings.batch_wait_ms / 1000, settings.pack_windows
+        )
         # One thread per admitted request, but only `worker_threads` (default: the cores) of them may do
         # front-end work (decode, VAD, log-mel) at once; the others wait for a slot or for the engine.
         self.pool = ThreadPoolExecutor(max_workers=settings.max_inflight_requests, thread_name_prefix="request")
