@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -74,8 +75,17 @@ def start_server(settings: Settings, engine: CTranslate2Engine) -> tuple[Running
     raise RuntimeError("server did not become ready")
 
 
+# A server started elsewhere (the GPU engine on a GPU machine) instead of the in-process CTranslate2 one.
+EXTERNAL_URL = os.environ.get("WHISPER_TEST_SERVER_URL")
+EXTERNAL_ENGINE = os.environ.get("WHISPER_TEST_ENGINE", "ctranslate2")
+
+
 @pytest.fixture(scope="session")
-def server(engine: CTranslate2Engine) -> Iterator[RunningServer]:
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    if EXTERNAL_URL:
+        yield RunningServer(EXTERNAL_URL, uvicorn.Server(uvicorn.Config(None)), Settings())
+        return
+    engine = request.getfixturevalue("engine")
     running, thread = start_server(Settings(model="base", max_upload_bytes=12 * 1024 * 1024), engine)
     yield running
     running.server.should_exit = True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The corpus beside the repository; WHISPER_TEST_DATA points elsewhere (a copy of some of it on a GPU machine).
+DATA = Path(os.environ.get("WHISPER_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from whisper_endpoint.config import Settings
+    from whisper_endpoint.convert import convert
+    from whisper_endpoint.models import resolve_model
+
+    files = resolve_model(args.model, Settings().cache_dir)
+    out = convert(files.path, Path(args.output))
+    print(f"wrote the Hugging Face checkpoint of {files.name} to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisper-endpoint", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model")
     s.add_argument("--engine", choices=["auto", "ctranslate2", "vllm"])
     s.set_defaults(func=_serve)
+
+    c = sub.add_parser("convert", help="write a CTranslate2 model in the Hugging Face layout (for --engine vllm)")
+    c.add_argument("output", help="folder to write")
+    c.add_argument("--model", default="base", help="base (default), tiny.en or a CTranslate2 folder")
+    c.set_defaults(func=_convert)
 
     b = sub.add_parser("bench", help="load-test a running server (see benchmarks/)")
     from whisper_endpoint.bench import add_arguments

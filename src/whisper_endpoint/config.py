@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(8, ge=1, description="Windows per engine call.")
     batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more windows.")
+    pack_windows: bool = Field(True, description="Decode short windows of several requests as one 30 s window.")
     max_queued_audio_s: float = Field(4 * 3600.0, gt=0, description="Admitted audio not yet transcribed.")
     max_inflight_requests: int = Field(64, ge=1)
     request_timeout_s: float = Field(3600.0, gt=0)
@@ -49,3 +50,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(256, ge=1)
     kv_cache_dtype: str = Field("auto", description="auto: fp8 on compute capability >= 8.9.")
     enforce_eager: bool = False
+    vllm_scores: bool = Field(
+        True, description="Per-token log-probabilities and the no-speech probability (the fallback needs them)."
+    )
+    load_format: str = Field("auto", description="vLLM load format; 'dummy' for speed runs without weights.")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import JFK, RunningServer
+from tests.conftest import EXTERNAL_ENGINE, JFK, RunningServer
 from tests.datasets import clips, english_normalizer
 
 JFK_NORMALIZED = (
@@ -37,6 +38,12 @@ def test_srt_and_vtt(client: OpenAI) -> None:
 
 
 def test_verbose_json_with_words_and_segments(client: OpenAI) -> None:
+    if EXTERNAL_ENGINE == "vllm":  # no word alignment there: a clear 400 instead
+        with JFK.open("rb") as f, pytest.raises(openai.BadRequestError, match="word timestamps"):
+            client.audio.transcriptions.create(
+                model="whisper-1", file=f, response_format="verbose_json", timestamp_granularities=["word"]
+            )
+        return
     with JFK.open("rb") as f:
         result = client.audio.transcriptions.create(
             model="whisper-1", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"]

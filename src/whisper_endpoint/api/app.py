@@ -113,9 +113,10 @@ class BodyLimitMiddleware:
 
 async def _warm_up(engine: Engine) -> None:
     """One decode before /ready turns 200, so the first user does not pay for lazy initialisation."""
-    features = log_mel_window(np.zeros(16_000, np.float32), engine.n_mels)
+    samples = np.zeros(16_000, np.float32)
     prompt = tuple(engine.tokenizer.sot_sequence("en", "transcribe", True))
-    await asyncio.to_thread(engine.generate, [WindowInput(features, prompt)], SamplingOptions(max_new_tokens=4))
+    window = WindowInput(log_mel_window(samples, engine.n_mels), prompt, 1000, samples)
+    await asyncio.to_thread(engine.generate, [window], SamplingOptions(max_new_tokens=4))
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:

@@ -80,6 +80,8 @@ def _open(source: AudioSource) -> Any:
             return av.open(
                 str(source.path), format="s16le", options={"sample_rate": str(SAMPLE_RATE), "ch_layout": "mono"}
             )
+        if int(av.__version__.split(".")[0]) >= 19:  # PyAV 19 dropped the option and no longer fails on bad tags
+            return av.open(str(source.path))
         return av.open(str(source.path), metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise AudioDecodeError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,11 +19,12 @@ MAX_FRAMES_PER_RUN = 10_000
 
 
 def _model_path() -> Path:
-    try:
-        assets = importlib.resources.files("faster_whisper") / "assets"
-    except ModuleNotFoundError as exc:
-        raise EngineUnavailableError("the VAD model comes with faster-whisper: pip install faster-whisper") from exc
-    candidates = sorted(Path(str(assets)).glob("silero_vad*.onnx"))
+    # Found without importing faster-whisper, which would import CTranslate2 and PyAV for nothing.
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineUnavailableError("the VAD model comes with faster-whisper: pip install faster-whisper")
+    assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
+    candidates = sorted(assets.glob("silero_vad*.onnx"))
     if not candidates:
         raise EngineUnavailableError("no Silero VAD ONNX model found in faster-whisper's assets")
     return candidates[-1]

@@ -47,7 +47,7 @@ def load_engine(settings: Settings) -> Engine:
             raise EngineUnavailableError(
                 "--engine vllm needs vLLM: pip install 'whisper-endpoint[gpu]' on a machine with an NVIDIA GPU"
             )
-        if not cuda_available():
-            raise EngineUnavailableError("--engine vllm needs an NVIDIA GPU with CUDA; none is visible")
-        raise EngineUnavailableError("the vLLM engine is not part of this build yet")
+        from whisper_endpoint.engines.vllm import VllmEngine
+
+        return VllmEngine(settings, load_format=settings.load_format)
     raise EngineUnavailableError(f"unknown engine {kind!r}")

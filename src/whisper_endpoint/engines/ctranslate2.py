@@ -115,8 +115,8 @@ class CTranslate2Engine:
             out.append(float(row[token] - top - np.log(np.exp(row - top).sum())))
         return tuple(out)
 
-    def detect_language(self, features: Sequence[np.ndarray]) -> list[dict[str, float]]:
-        results = self.model.detect_language(self._features(features))
+    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
+        results = self.model.detect_language(self._features([w.features for w in windows]))
         return [{token.strip("<|>"): float(prob) for token, prob in result} for result in results]
 
     def align(self, items: Sequence[AlignInput]) -> list[Alignment]:

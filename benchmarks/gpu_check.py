@@ -1,0 +1,290 @@
+"""The vLLM engine end to end on a GPU machine (vLLM installed, no network).
+
+    python -m benchmarks.gpu_check accuracy --ct2-model DIR --data DIR --out DIR
+    python -m benchmarks.gpu_check speed --tokenizer-src DIR --checkpoint-script FILE --out DIR
+
+accuracy: converts the CTranslate2 whisper-base in DIR to the Hugging Face layout (`whisper-endpoint
+convert`), checks the conversion with transformers on the JFK clip, serves it with `whisper-endpoint serve
+--engine vllm`, sends JFK and the LibriSpeech test-clean clips through the HTTP API (WER), and runs the
+OpenAI SDK tests against that server. speed: builds whisper-large-v3-shaped checkpoints with no weights and
+times 30 s windows with 100 forced tokens each through the engine interface, per KV-cache setting.
+Each engine runs in its own process so that GPU memory is free for the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PORT = 8100
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def transformers_check(model: Path, audio: Path) -> dict[str, Any]:
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_endpoint.audio.decode import AudioSource, load_audio
+    from whisper_endpoint.audio.features import log_mel_window
+
+    net = WhisperForConditionalGeneration.from_pretrained(str(model), torch_dtype=torch.float16).cuda().eval()
+    features = torch.from_numpy(log_mel_window(load_audio(AudioSource(audio)), net.config.num_mel_bins))
+    with torch.no_grad():
+        ids = net.generate(features[None].half().cuda(), language="en", task="transcribe", max_new_tokens=100)
+    from tokenizers import Tokenizer
+
+    text = Tokenizer.from_file(str(model / "tokenizer.json")).decode(ids[0].tolist(), skip_special_tokens=True)
+    return {"transformers_jfk_text": text.strip()}
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit("the server did not become ready")
+
+
+def accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
+    from tests.datasets import clips, wer
+
+    from whisper_endpoint.bench import run_load
+    from whisper_endpoint.convert import convert
+
+    out: dict[str, Any] = {}
+    model = convert(Path(args.ct2_model), Path(args.work) / "base")
+    _log(f"converted to {model}")
+    jfk = Path(args.data) / "A_short_en" / "jfk_openai-whisper.flac"
+    check = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "transformers", "--model", str(model), "--audio", str(jfk)],
+        capture_output=True,
+        text=True,
+    )
+    out.update(
+        json.loads(check.stdout.strip().splitlines()[-1])
+        if check.returncode == 0
+        else {"transformers": check.stderr[-2000:]}
+    )
+    _log(f"transformers: {out}")
+
+    url = f"http://127.0.0.1:{PORT}"
+    log_file = (Path(args.out) / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "whisper_endpoint",
+            "serve",
+            "--engine",
+            "vllm",
+            "--model",
+            str(model),
+            "--port",
+            str(PORT),
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "WHISPER_GPU_MEMORY_UTILIZATION": "0.5", "WHISPER_KV_CACHE_DTYPE": args.kv},
+    )
+    try:
+        out["server_start_s"] = round(wait_ready(url, proc, 600), 1)
+        _log(f"server ready in {out['server_start_s']} s")
+        corpus = clips("B_librispeech/test-clean")
+        out["kv_cache_dtype"] = args.kv
+        for level in (1,) if args.quick else (1, 32):
+            result = asyncio.run(
+                run_load(f"{url}/v1/audio/transcriptions", [c.path for c in corpus], level, None, None, language="en")
+            )
+            texts = [result.texts.get(c.path.name, "") for c in corpus]
+            out[f"librispeech_c{level}"] = {
+                **result.summary(),
+                "wer_pct": round(100 * wer([c.reference for c in corpus], texts), 2),
+            }
+            _log(f"LibriSpeech at concurrency {level}: {out[f'librispeech_c{level}']}")
+        if args.quick:
+            return out
+        jfk_result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", [jfk], 1, None, None))
+        out["jfk_text"] = jfk_result.texts.get(jfk.name)
+        env = {
+            **os.environ,
+            "WHISPER_TEST_SERVER_URL": url,
+            "WHISPER_TEST_ENGINE": "vllm",
+            "WHISPER_TEST_DATA": str(Path(args.data).resolve()),
+        }
+        sdk = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/api/test_openai_sdk.py"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        out["openai_sdk_tests"] = sdk.stdout.strip().splitlines()[-1] if sdk.stdout.strip() else sdk.stderr[-500:]
+        (Path(args.out) / "sdk-tests.log").write_text(sdk.stdout + sdk.stderr)
+        _log(f"OpenAI SDK tests: {out['openai_sdk_tests']}")
+    finally:
+        proc.terminate()
+        out["server_exit"] = proc.wait(timeout=120)
+    return out
+
+
+def speed_one(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from whisper_endpoint.config import Settings
+    from whisper_endpoint.engines.base import SamplingOptions, WindowInput
+    from whisper_endpoint.engines.vllm import VllmEngine
+
+    settings = Settings(
+        model=args.model,
+        kv_cache_dtype=args.kv,
+        max_num_seqs=args.max_num_seqs,
+        gpu_memory_utilization=0.9,
+        vllm_scores=not args.no_scores,
+    )
+    started = time.monotonic()
+    engine = VllmEngine(settings, load_format="dummy", forced_tokens=args.tokens)
+    start_s = time.monotonic() - started
+    samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
+    prompt = tuple(engine.tokenizer.sot_sequence("en", "transcribe", True))
+    window = WindowInput(np.zeros((engine.n_mels, 3000), np.float32), prompt, 30_000, samples)
+    options = SamplingOptions(max_new_tokens=args.tokens, suppress_tokens=())
+    engine.generate([window] * 64, options)  # warm-up
+    started = time.monotonic()
+    generations = engine.generate([window] * args.windows, options)
+    wall = time.monotonic() - started
+    engine.close()
+    assert all(len(g.tokens) >= args.tokens - 1 for g in generations), "forced lengths were not honoured"
+    return {
+        "kv_cache_dtype": engine.settings.kv_cache_dtype,
+        "max_num_seqs": args.max_num_seqs,
+        "scores": not args.no_scores,
+        "windows": args.windows,
+        "tokens_per_window": args.tokens,
+        "engine_start_s": round(start_s, 1),
+        "wall_s": round(wall, 2),
+        "rtfx": round(args.windows * 30 / wall, 1),
+    }
+
+
+def speed_offline(args: argparse.Namespace) -> dict[str, Any]:
+    """The same windows and sampling through vLLM's offline LLM.generate: where our wrapper's cost shows."""
+    import numpy as np
+    from vllm import LLM, SamplingParams
+
+    from whisper_endpoint.decoding.tokenizer import Tokenizer
+    from whisper_endpoint.engines.base import SamplingOptions, WindowInput
+    from whisper_endpoint.engines.vllm import MAX_MODEL_LEN, engine_prompt, sampling_kwargs
+
+    kv = "fp8_e4m3" if args.kv == "auto" else args.kv
+    llm = LLM(
+        model=args.model,
+        dtype="bfloat16",
+        kv_cache_dtype=kv,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=MAX_MODEL_LEN,
+        load_format="dummy",
+        limit_mm_per_prompt={"audio": 1},
+        gpu_memory_utilization=0.9,
+    )
+    tokenizer = Tokenizer.from_file(Path(args.model) / "tokenizer.json", True)
+    samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
+    prompt = tuple(tokenizer.sot_sequence("en", "transcribe", True))
+    window = WindowInput(np.zeros((128, 3000), np.float32), prompt, 30_000, samples)
+    params = SamplingParams(
+        **sampling_kwargs(SamplingOptions(max_new_tokens=100), len(prompt), 100, not args.no_scores)
+    )
+    llm.generate([engine_prompt(window)] * 64, params, use_tqdm=False)
+    started = time.monotonic()
+    llm.generate([engine_prompt(window)] * args.windows, params, use_tqdm=False)
+    wall = time.monotonic() - started
+    return {
+        "path": "LLM.generate",
+        "kv_cache_dtype": kv,
+        "max_num_seqs": args.max_num_seqs,
+        "scores": not args.no_scores,
+        "windows": args.windows,
+        "wall_s": round(wall, 2),
+        "rtfx": round(args.windows * 30 / wall, 1),
+    }
+
+
+def speed(args: argparse.Namespace) -> dict[str, Any]:
+    checkpoint = Path(args.work) / "large-v3-shape"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, args.checkpoint_script, args.tokenizer_src, str(checkpoint)], check=True)
+    runs = []
+    for kv, seqs in (("auto", 512), ("auto", 256), ("bfloat16", 256)):
+        cmd = [sys.executable, "-m", "benchmarks.gpu_check", "speed-one", "--model", str(checkpoint), "--kv", kv]
+        cmd += ["--max-num-seqs", str(seqs), "--windows", str(args.windows), "--tokens", "100"]
+        _log(f"speed run: {' '.join(cmd[3:])}")
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        row = (
+            json.loads(done.stdout.strip().splitlines()[-1])
+            if done.returncode == 0
+            else {"kv": kv, "error": done.stderr[-3000:]}
+        )
+        _log(json.dumps(row))
+        runs.append(row)
+    return {"large_v3_shape": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--ct2-model", required=True)
+    a.add_argument("--data", required=True)
+    a.add_argument("--kv", default="auto", help="KV cache dtype (auto: fp8 where the GPU has it)")
+    a.add_argument("--quick", action="store_true", help="LibriSpeech at concurrency 1 only")
+    s = sub.add_parser("speed")
+    s.add_argument("--tokenizer-src", required=True)
+    s.add_argument("--checkpoint-script", required=True)
+    s.add_argument("--windows", type=int, default=1024)
+    for p in (a, s):
+        p.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
+        p.add_argument("--out", default=".")
+    t = sub.add_parser("transformers")
+    t.add_argument("--model", required=True)
+    t.add_argument("--audio", required=True)
+    o = sub.add_parser("speed-one")
+    o.add_argument("--model", required=True)
+    o.add_argument("--kv", default="auto")
+    o.add_argument("--max-num-seqs", type=int, default=512)
+    o.add_argument("--windows", type=int, default=1024)
+    o.add_argument("--tokens", type=int, default=100)
+    o.add_argument("--no-scores", action="store_true", help="no logprobs or no-speech probability")
+    o.add_argument("--offline", action="store_true", help="vLLM's LLM.generate instead of our engine")
+    args = parser.parse_args()
+    if args.step == "transformers":
+        print(json.dumps(transformers_check(Path(args.model), Path(args.audio))))
+        return
+    if args.step == "speed-one":
+        print(json.dumps(speed_offline(args) if args.offline else speed_one(args)))
+        return
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    result = accuracy(args) if args.step == "accuracy" else speed(args)
+    name = f"gpu-{args.step}" + (f"-{args.kv}" if args.step == "accuracy" and args.kv != "auto" else "")
+    (Path(args.out) / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

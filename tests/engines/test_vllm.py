@@ -1,0 +1,171 @@
+"""The vLLM engine's CPU-side logic: configuration per GPU, prompts, sampling, output parsing, errors.
+
+The engine itself needs an NVIDIA GPU; its end-to-end check is benchmarks/gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from whisper_endpoint.config import Settings
+from whisper_endpoint.engines import load_engine, vllm_installed
+from whisper_endpoint.engines.base import SamplingOptions, WindowInput
+from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+from whisper_endpoint.engines.vllm import (
+    choose_settings,
+    engine_prompt,
+    language_probabilities,
+    model_folder,
+    no_speech_probability,
+    sampling_kwargs,
+    to_generation,
+)
+from whisper_endpoint.errors import EngineUnavailableError
+
+
+def test_configuration_follows_the_compute_capability() -> None:
+    hopper = choose_settings(Settings(), (9, 0))
+    assert (hopper.dtype, hopper.kv_cache_dtype, hopper.enforce_eager) == ("bfloat16", "fp8_e4m3", False)
+    ada = choose_settings(Settings(), (8, 9))
+    assert ada.kv_cache_dtype == "fp8_e4m3"
+    ampere = choose_settings(Settings(), (8, 0))
+    assert ampere.kv_cache_dtype == "auto" and "needs compute capability 8.9" in ampere.note
+    with pytest.raises(EngineUnavailableError, match=r"kv_cache_dtype=fp8 needs compute capability 8\.9"):
+        choose_settings(Settings(kv_cache_dtype="fp8"), (8, 6))
+    with pytest.raises(EngineUnavailableError, match=r"compute capability 7\.5"):
+        choose_settings(Settings(), (7, 5))
+    with pytest.raises(EngineUnavailableError, match=r"none is visible"):
+        choose_settings(Settings(), None)
+    tuned = choose_settings(Settings(max_num_seqs=512, gpu_memory_utilization=0.5, enforce_eager=True), (9, 0))
+    assert (tuned.max_num_seqs, tuned.gpu_memory_utilization, tuned.enforce_eager) == (512, 0.5, True)
+
+
+def test_prompt_keeps_our_tokens_and_passes_the_audio(engine: CTranslate2Engine) -> None:
+    tok = engine.tokenizer
+    previous = tok.encode(" the previous window's text")
+    prompt = (tok.sot_prev, *previous, *tok.sot_sequence("en", "transcribe", True))
+    samples = np.zeros(16_000, np.float32)
+    built = engine_prompt(WindowInput(np.zeros((80, 3000), np.float32), prompt, 1000, samples))
+    assert built["decoder_prompt"]["prompt_token_ids"][0] == tok.sot_prev  # <|startofprev|>, not <|prev|>
+    assert built["decoder_prompt"]["prompt_token_ids"] == list(prompt)
+    audio, rate = built["encoder_prompt"]["multi_modal_data"]["audio"]
+    assert audio is samples and rate == 16_000
+    with pytest.raises(ValueError, match="samples"):
+        engine_prompt(WindowInput(np.zeros((80, 3000), np.float32), prompt))
+
+
+def test_sampling_arguments() -> None:
+    greedy = sampling_kwargs(SamplingOptions(suppress_tokens=(-1, 50, 7)), prompt_len=40)
+    assert greedy["temperature"] == 0.0 and greedy["max_tokens"] == 224
+    assert greedy["skip_special_tokens"] is False and greedy["logprobs"] == 0 and greedy["prompt_logprobs"] == 1
+    assert greedy["logit_bias"] == {50: -100.0, 7: -100.0}
+    long_prompt = sampling_kwargs(SamplingOptions(temperature=0.4), prompt_len=300)
+    assert long_prompt["max_tokens"] == 448 - 300 and long_prompt["temperature"] == 0.4
+    forced = sampling_kwargs(SamplingOptions(max_new_tokens=224), prompt_len=4, forced_tokens=100)
+    assert forced["min_tokens"] == forced["max_tokens"] == 100 and forced["ignore_eos"] is True
+    fast = sampling_kwargs(SamplingOptions(), prompt_len=4, scores=False)
+    assert fast["logprobs"] is None and fast["prompt_logprobs"] is None
+
+
+def test_outputs_become_generations_with_timestamps_and_scores(engine: CTranslate2Engine) -> None:
+    tok = engine.tokenizer
+    tb, eot = tok.timestamp_begin, tok.eot
+    hello = tok.encode(" Hello")
+    generated = [tb, *hello, tb + 50, eot]
+    logprobs = [{t: SimpleNamespace(logprob=-0.5)} for t in generated]
+    generation = to_generation(generated, logprobs, 0.02, eot, per_token=True)
+    assert generation.tokens == (tb, *hello, tb + 50)  # timestamps kept, EOT dropped
+    assert generation.sum_logprob == pytest.approx(-0.5 * len(generated))
+    assert generation.token_logprobs == tuple([-0.5] * (len(generated) - 1))
+    assert to_generation(generated, None, 0.0, eot, per_token=False).sum_logprob == 0.0
+
+    prompt = tok.sot_sequence("en", "transcribe", True)
+    after_sot = {tok.language_tokens["en"]: SimpleNamespace(logprob=math.log(0.3)), tok.no_speech: math.log(0.7)}
+    prompt_logprobs = [None, after_sot, {}, {}]
+    assert no_speech_probability(prompt, prompt_logprobs, tok) == pytest.approx(0.7)
+    quiet = [None, {tok.language_tokens["en"]: SimpleNamespace(logprob=-0.01)}, {}, {}]
+    assert no_speech_probability(prompt, quiet, tok) == 0.0
+    assert no_speech_probability(prompt, None, tok) == 0.0
+
+
+def test_language_probabilities_renormalise_over_languages(engine: CTranslate2Engine) -> None:
+    tok = engine.tokenizer
+    top = {
+        tok.language_tokens["de"]: SimpleNamespace(logprob=math.log(0.6)),
+        tok.language_tokens["en"]: SimpleNamespace(logprob=math.log(0.2)),
+        tok.no_speech: SimpleNamespace(logprob=math.log(0.1)),
+    }
+    probs = language_probabilities([top], tok)
+    assert set(probs) == {"de", "en"}
+    assert probs["de"] == pytest.approx(0.75) and probs["en"] == pytest.approx(0.25)
+
+
+def test_clear_errors_without_vllm_or_a_hugging_face_folder(tmp_path: Path) -> None:
+    with pytest.raises(EngineUnavailableError, match="whisper-endpoint convert"):
+        model_folder(str(tmp_path))
+    if not vllm_installed():
+        with pytest.raises(EngineUnavailableError, match=r"needs vLLM: pip install 'whisper-endpoint\[gpu\]'"):
+            load_engine(Settings(engine="vllm", model=str(tmp_path)))
+
+
+class FakeLLMEngine:
+    """vLLM's LLMEngine surface the driver uses: internal ids differ from the ids outputs carry."""
+
+    def __init__(self, steps_per_request: int, hold_first_step_until: int = 0) -> None:
+        self.steps = steps_per_request
+        self.left: dict[str, int] = {}
+        self.max_running = 0
+        self.hold = hold_first_step_until  # no request finishes before this many arrived (or 5 s)
+        self.deadline = time.monotonic() + 5
+
+    def add_request(self, request_id: str, prompt: dict[str, object], params: object) -> str:
+        if prompt.get("bad"):
+            raise ValueError("bad input")
+        self.left[request_id] = self.steps
+        self.max_running = max(self.max_running, len(self.left))
+        return f"{request_id}-internal"
+
+    def step(self) -> list[SimpleNamespace]:
+        if self.max_running < self.hold and time.monotonic() < self.deadline:
+            time.sleep(0.001)
+            return []
+        finished = []
+        for request_id in list(self.left):
+            self.left[request_id] -= 1
+            if not self.left[request_id]:
+                del self.left[request_id]
+                finished.append(SimpleNamespace(request_id=request_id, finished=True, params=None))
+        return finished
+
+
+def test_driver_thread_batches_concurrent_callers_and_isolates_bad_inputs() -> None:
+    import threading
+
+    from whisper_endpoint.engines.vllm import VllmEngine
+
+    engine = VllmEngine.__new__(VllmEngine)
+    fake = FakeLLMEngine(steps_per_request=3, hold_first_step_until=40)
+    engine._start_driver(fake)
+    results: list[int] = []
+
+    def caller() -> None:
+        results.append(len(engine._submit_params([{}] * 10, [None] * 10)))
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert results == [10, 10, 10, 10]
+    assert fake.max_running == 40  # windows of all four callers joined the running batch
+    with pytest.raises(ValueError, match="bad input"):
+        engine._submit_params([{"bad": True}], [None])
+    assert len(engine._submit_params([{}], [None])) == 1  # the driver survived the bad request
+    engine.close()
+    assert not engine._thread.is_alive()
