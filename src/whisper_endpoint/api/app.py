@@ -37,7 +37,6 @@ from whisper_endpoint.engines.base import Engine, SamplingOptions, WindowInput
 from whisper_endpoint.errors import (
     AuthenticationError,
     NotReadyError,
-    OverloadedError,
     ShuttingDownError,
     UploadTooLargeError,
     WhisperEndpointError,
@@ -285,6 +284,3 @@ def _authorized(request: Request, api_key: str) -> bool:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
-
-
-__all__ = ["OverloadedError", "create_app", "error_response"]

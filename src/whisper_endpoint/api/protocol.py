@@ -58,15 +58,16 @@ def parse_audio_request(
     form: FormData,
     *,
     task: Task,
-    language: str | None,
+    default_strategy: Strategy,
     prompt: str | None,
     response_format: str | None,
     temperature: float | None,
-    granularities: list[str] | None,
-    include: list[str] | None,
-    stream: bool | None,
-    chunking_strategy: str | None,
-    default_strategy: Strategy,
+    # Transcription-only fields; translations have none of them.
+    language: str | None = None,
+    granularities: list[str] | None = None,
+    include: list[str] | None = None,
+    stream: bool | None = None,
+    chunking_strategy: str | None = None,
 ) -> AudioRequest:
     fmt = response_format or "json"
     if fmt not in RESPONSE_FORMATS:

@@ -279,18 +279,7 @@ def build_router() -> APIRouter:
         temperature: TemperatureField = None,
     ) -> Response:
         return await _handle(
-            request,
-            "translate",
-            file,
-            model,
-            language=None,
-            prompt=prompt,
-            response_format=response_format,
-            temperature=temperature,
-            granularities=None,
-            include=None,
-            stream=False,
-            chunking_strategy=None,
+            request, "translate", file, model, prompt=prompt, response_format=response_format, temperature=temperature
         )
 
     @router.get("/models", summary="List models")

@@ -8,7 +8,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,3 @@ def main(args: argparse.Namespace) -> int:
             f"{r['p50_s'] or 0:>7.2f} {r['p95_s'] or 0:>7.2f} {r['p99_s'] or 0:>7.2f}"
         )
     return 0
-
-
-__all__ = ["Result", "add_arguments", "asdict", "run_load"]

@@ -20,7 +20,6 @@ from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments
 from whisper_endpoint.engines.base import Engine
 from whisper_endpoint.errors import (
     AudioTooLongError,
-    CancelledRequestError,
     OverloadedError,
     RequestTimeoutError,
     ShuttingDownError,
@@ -159,6 +158,3 @@ class TranscriptionService:
             self.metrics.processing.observe(elapsed)
             self.metrics.realtime_factor.set(self.throughput)
             self.metrics.fallbacks.inc(job.info.fallbacks)
-
-
-__all__ = ["CancelledRequestError", "Job", "TranscriptionService"]
