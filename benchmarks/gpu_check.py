@@ -145,6 +145,37 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def http_load(args: argparse.Namespace) -> dict[str, Any]:
+    """LibriSpeech (three passes) through the HTTP API of one `serve --engine vllm`, per concurrency."""
+    os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())
+    from tests.datasets import clips, wer
+
+    from whisper_endpoint.bench import run_load
+    from whisper_endpoint.convert import convert
+
+    model = convert(Path(args.ct2_model), Path(args.work) / "base")
+    corpus = clips("B_librispeech/test-clean")
+    files = [c.path for c in corpus]
+    url = f"http://127.0.0.1:{PORT}"
+    env = {**os.environ, "WHISPER_GPU_MEMORY_UTILIZATION": "0.5"}
+    cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(model)]
+    proc = subprocess.Popen([*cmd, "--port", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    rows = []
+    try:
+        wait_ready(url, proc, 300)
+        for level in args.concurrency:
+            endpoint = f"{url}/v1/audio/transcriptions"
+            result = asyncio.run(run_load(endpoint, files, level, 3 * len(files), None, language="en"))
+            texts = [result.texts.get(c.path.name, "") for c in corpus]
+            score = round(100 * wer([c.reference for c in corpus], texts), 2)
+            rows.append({**result.summary(), "wer_pct": score})
+            _log(json.dumps(rows[-1]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    return {"http_librispeech": rows}
+
+
 def speed_one(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
@@ -261,6 +292,12 @@ def main() -> None:
     for p in (a, s):
         p.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
         p.add_argument("--out", default=".")
+    h = sub.add_parser("http")
+    h.add_argument("--ct2-model", required=True)
+    h.add_argument("--data", required=True)
+    h.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    h.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
+    h.add_argument("--out", default=".")
     t = sub.add_parser("transformers")
     t.add_argument("--model", required=True)
     t.add_argument("--audio", required=True)
@@ -280,7 +317,7 @@ def main() -> None:
         print(json.dumps(speed_offline(args) if args.offline else speed_one(args)))
         return
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    result = accuracy(args) if args.step == "accuracy" else speed(args)
+    result = accuracy(args) if args.step == "accuracy" else speed(args) if args.step == "speed" else http_load(args)
     name = f"gpu-{args.step}" + (f"-{args.kv}" if args.step == "accuracy" and args.kv != "auto" else "")
     (Path(args.out) / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
