@@ -106,9 +106,20 @@ def test_language_probabilities_renormalise_over_languages(engine: CTranslate2En
     assert probs["de"] == pytest.approx(0.75) and probs["en"] == pytest.approx(0.25)
 
 
+def test_bundled_weights_are_converted_once_for_vllm(tmp_path: Path) -> None:
+    folder = model_folder("tiny.en", tmp_path)
+    assert folder == tmp_path / "hf" / "tiny.en"
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    assert model_folder("tiny.en", tmp_path) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written  # reused, not converted again
+    assert model_folder(str(folder), tmp_path) == folder  # a Hugging Face folder is used as it is
+    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["tiny.en"]  # no temporary folder left
+
+
 def test_clear_errors_without_vllm_or_a_hugging_face_folder(tmp_path: Path) -> None:
-    with pytest.raises(EngineUnavailableError, match="whisper-endpoint convert"):
-        model_folder(str(tmp_path))
+    with pytest.raises(EngineUnavailableError, match="none of them"):
+        model_folder(str(tmp_path), tmp_path)
     if not vllm_installed():
         with pytest.raises(EngineUnavailableError, match=r"needs vLLM: pip install 'whisper-endpoint\[gpu\]'"):
             load_engine(Settings(engine="vllm", model=str(tmp_path)))

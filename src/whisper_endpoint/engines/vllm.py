@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import queue
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
@@ -21,9 +23,11 @@ from typing import Any
 
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.config import Settings
+from whisper_endpoint.convert import convert
 from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import AlignInput, Alignment, Capabilities, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
+from whisper_endpoint.models import BUNDLED_ALIASES, resolve_model
 
 log = logging.getLogger(__name__)
 _STOP: Any = ("stop",)
@@ -159,14 +163,26 @@ def cuda_capability() -> tuple[int, int] | None:
     return None if capability is None else (int(capability.major), int(capability.minor))
 
 
-def model_folder(model: str) -> Path:
+def model_folder(model: str, cache_dir: Path) -> Path:
+    """A Hugging Face Whisper folder for vLLM: the folder given, or the conversion of a bundled alias or a
+    CTranslate2 folder, made once into the cache."""
     path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return path
+    if model not in BUNDLED_ALIASES and not (path / "model.bin").is_file():
         raise EngineUnavailableError(
-            f"--engine vllm needs a Hugging Face Whisper folder (config.json, safetensors, tokenizer.json); {model!r} "
-            "is not one. Make one from the bundled weights: whisper-endpoint convert --model base OUT"
+            f"--engine vllm needs a Hugging Face Whisper folder (config.json, safetensors, tokenizer.json), a "
+            f"bundled alias or a CTranslate2 folder; {model!r} is none of them (a hub id: download it first)"
         )
-    return path
+    files = resolve_model(model, cache_dir)
+    out = cache_dir / "hf" / files.name
+    if not (out / "model.safetensors").is_file():
+        log.info("converting %s to the Hugging Face layout in %s", files.path, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # atomic: a half-written folder never counts
+            shutil.rmtree(out, ignore_errors=True)
+            convert(files.path, Path(tmp) / "model").rename(out)
+    return out
 
 
 class VllmEngine:
@@ -180,7 +196,7 @@ class VllmEngine:
             raise EngineUnavailableError(
                 "--engine vllm needs vLLM: pip install 'whisper-endpoint[gpu]' on a machine with an NVIDIA GPU"
             ) from exc
-        folder = model_folder(settings.model)
+        folder = model_folder(settings.model, settings.cache_dir)
         chosen = choose_settings(settings, cuda_capability(), load_format)
         log.info("vLLM engine: %s, bf16, enforce_eager=%s; %s", folder, chosen.enforce_eager, chosen.note)
         config = json.loads((folder / "config.json").read_text())
