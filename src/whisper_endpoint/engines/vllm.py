@@ -1,4 +1,4 @@
-"""The GPU engine: Whisper on vLLM's AsyncLLM (bf16 compute, fp8 KV cache, torch.compile, CUDA graphs).
+"""The GPU engine: Whisper on vLLM (bf16 compute, fp8 KV cache, torch.compile, CUDA graphs).
 
 vLLM computes log-mel itself from each window's samples; decoder prompts are built by our tokenizer
 (`<|startofprev|>`, the SOT sequence, timestamps on), and generated timestamp tokens come back raw.
@@ -43,7 +43,6 @@ SUPPRESS_BIAS = -100.0
 class VllmSettings:
     """What the engine is started with, chosen per GPU."""
 
-    model: str
     dtype: str
     kv_cache_dtype: str
     enforce_eager: bool
@@ -71,7 +70,6 @@ def choose_settings(settings: Settings, capability: tuple[int, int] | None, load
     else:
         note = f"KV cache {kv} (as configured)"
     return VllmSettings(
-        model=settings.model,
         dtype="bfloat16",
         kv_cache_dtype=kv,
         enforce_eager=settings.enforce_eager,
@@ -216,7 +214,7 @@ class VllmEngine:
             max_num_seqs=chosen.max_num_seqs,
             gpu_memory_utilization=chosen.gpu_memory_utilization,
             max_model_len=MAX_MODEL_LEN,
-            load_format=load_format,
+            load_format=chosen.load_format,
             limit_mm_per_prompt={"audio": 1},
             disable_log_stats=True,
         )

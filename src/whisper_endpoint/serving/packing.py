@@ -1,7 +1,7 @@
 """Packing: short windows, from any requests, decoded together as one 30 s window.
 
 Whisper pads every window to 30 s, so a 5 s clip costs the encoder as much as a 30 s one. Short
-windows that share a decoder prompt are laid end to end with a second of silence between them and
+windows that share a decoder prompt are laid end to end with silence (GAP_SAMPLES) between them and
 decoded once; each timed segment goes back to the window it lies in, its timestamps shifted. A
 window that got no segment, or whose segment runs into a neighbour, is decoded again on its own, so
 packing can cost time but never text.
@@ -18,6 +18,7 @@ from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.features import log_mel_window
 from whisper_endpoint.decoding.fallback import split_timestamps
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
+from whisper_endpoint.decoding.transcribe import samples_to_ms
 from whisper_endpoint.engines.base import Engine, Generation, SamplingOptions, WindowInput
 
 GAP_SAMPLES = 2 * SAMPLE_RATE  # silence between packed windows: Whisper closes a segment there
@@ -40,8 +41,7 @@ class Pack:
 
 def _packable(window: WindowInput, options: SamplingOptions, tokenizer: Tokenizer) -> bool:
     return (
-        window.samples is not None
-        and window.duration_ms <= MAX_MEMBER_MS
+        window.duration_ms <= MAX_MEMBER_MS
         and options.temperature == 0  # fallback retries decode alone
         and not options.token_logprobs
         and window.prompt[:1] == (tokenizer.sot,)  # no previous text to condition on
@@ -54,7 +54,7 @@ def plan(windows: Sequence[WindowInput], options: SamplingOptions, tokenizer: To
     open_packs: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}  # prompt -> (index, offset, length)
     done: list[list[tuple[int, int, int]]] = []
     for index, window in enumerate(windows):
-        if window.samples is None or not _packable(window, options, tokenizer):
+        if window.samples is None or not _packable(window, options, tokenizer):  # None: nothing to lay out
             continue
         length = len(window.samples)
         members = open_packs.get(window.prompt)
@@ -76,8 +76,8 @@ def packed_input(windows: Sequence[WindowInput], pack: Pack, n_mels: int) -> Win
         samples = windows[index].samples
         assert samples is not None
         audio[offset : offset + length] = samples
-    duration_ms = pack.total * 1000 // SAMPLE_RATE
-    return WindowInput(log_mel_window(audio, n_mels), windows[pack.members[0]].prompt, duration_ms, audio)
+    prompt = windows[pack.members[0]].prompt
+    return WindowInput(log_mel_window(audio, n_mels), prompt, samples_to_ms(pack.total), audio)
 
 
 def unpack(generation: Generation, pack: Pack, tokenizer: Tokenizer) -> list[Generation] | None:
@@ -87,9 +87,9 @@ def unpack(generation: Generation, pack: Pack, tokenizer: Tokenizer) -> list[Gen
     the member it overlaps most, and one that also covers more than MAX_SPILL_MS of another member
     counts as spanning both.
     """
-    starts = [o * 1000 // SAMPLE_RATE for o in pack.offsets]
-    ends = [(o + n) * 1000 // SAMPLE_RATE for o, n in zip(pack.offsets, pack.lengths, strict=True)]
-    runs, _ = split_timestamps(generation.tokens, tokenizer, pack.total * 1000 // SAMPLE_RATE, keep_tail=True)
+    starts = [samples_to_ms(o) for o in pack.offsets]
+    ends = [samples_to_ms(o + n) for o, n in zip(pack.offsets, pack.lengths, strict=True)]
+    runs, _ = split_timestamps(generation.tokens, tokenizer, samples_to_ms(pack.total), keep_tail=True)
     tb = tokenizer.timestamp_begin
     tokens: list[list[int]] = [[] for _ in pack.members]
     for run in runs:
