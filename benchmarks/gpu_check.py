@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 PORT = 8100
 
@@ -65,8 +65,6 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> flo
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
-    from tests.datasets import clips, wer
-
     from whisper_endpoint.bench import run_load
     from whisper_endpoint.convert import convert
 
@@ -87,38 +85,13 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"transformers: {out}")
 
     url = f"http://127.0.0.1:{PORT}"
-    log_file = (Path(args.out) / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "whisper_endpoint",
-            "serve",
-            "--engine",
-            "vllm",
-            "--model",
-            str(model),
-            "--port",
-            str(PORT),
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "WHISPER_GPU_MEMORY_UTILIZATION": "0.5", "WHISPER_KV_CACHE_DTYPE": args.kv},
-    )
+    proc = serve_vllm(model, (Path(args.out) / "server.log").open("wb"), kv_cache_dtype=args.kv)
     try:
         out["server_start_s"] = round(wait_ready(url, proc, 600), 1)
         _log(f"server ready in {out['server_start_s']} s")
-        corpus = clips("B_librispeech/test-clean")
         out["kv_cache_dtype"] = args.kv
         for level in (1,) if args.quick else (1, 32):
-            result = asyncio.run(
-                run_load(f"{url}/v1/audio/transcriptions", [c.path for c in corpus], level, None, None, language="en")
-            )
-            texts = [result.texts.get(c.path.name, "") for c in corpus]
-            out[f"librispeech_c{level}"] = {
-                **result.summary(),
-                "wer_pct": round(100 * wer([c.reference for c in corpus], texts), 2),
-            }
+            out[f"librispeech_c{level}"] = librispeech_load(url, level, passes=1)
             _log(f"LibriSpeech at concurrency {level}: {out[f'librispeech_c{level}']}")
         if args.quick:
             return out
@@ -145,30 +118,41 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def http_load(args: argparse.Namespace) -> dict[str, Any]:
-    """LibriSpeech (three passes) through the HTTP API of one `serve --engine vllm`, per concurrency."""
-    os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())
+def serve_vllm(model: Path, log: IO[bytes] | int, **settings: str) -> subprocess.Popen[bytes]:
+    """`whisper-endpoint serve --engine vllm` on PORT, with WHISPER_* settings on top of half the GPU memory."""
+    cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(model)]
+    env = {**os.environ, "WHISPER_GPU_MEMORY_UTILIZATION": "0.5"}
+    env.update({f"WHISPER_{name.upper()}": value for name, value in settings.items()})
+    return subprocess.Popen([*cmd, "--port", str(PORT)], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def librispeech_load(url: str, concurrency: int, passes: int) -> dict[str, Any]:
+    """The test-clean clips `passes` times through the HTTP API: the load summary and the WER."""
     from tests.datasets import clips, wer
 
     from whisper_endpoint.bench import run_load
+
+    corpus = clips("B_librispeech/test-clean")
+    files = [c.path for c in corpus]
+    endpoint = f"{url}/v1/audio/transcriptions"
+    result = asyncio.run(run_load(endpoint, files, concurrency, passes * len(files), None, language="en"))
+    texts = [result.texts.get(c.path.name, "") for c in corpus]
+    return {**result.summary(), "wer_pct": round(100 * wer([c.reference for c in corpus], texts), 2)}
+
+
+def http_load(args: argparse.Namespace) -> dict[str, Any]:
+    """LibriSpeech (three passes) through the HTTP API of one `serve --engine vllm`, per concurrency."""
+    os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())
     from whisper_endpoint.convert import convert
 
     model = convert(Path(args.ct2_model), Path(args.work) / "base")
-    corpus = clips("B_librispeech/test-clean")
-    files = [c.path for c in corpus]
     url = f"http://127.0.0.1:{PORT}"
-    env = {**os.environ, "WHISPER_GPU_MEMORY_UTILIZATION": "0.5"}
-    cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(model)]
-    proc = subprocess.Popen([*cmd, "--port", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = serve_vllm(model, subprocess.DEVNULL)
     rows = []
     try:
         wait_ready(url, proc, 300)
         for level in args.concurrency:
-            endpoint = f"{url}/v1/audio/transcriptions"
-            result = asyncio.run(run_load(endpoint, files, level, 3 * len(files), None, language="en"))
-            texts = [result.texts.get(c.path.name, "") for c in corpus]
-            score = round(100 * wer([c.reference for c in corpus], texts), 2)
-            rows.append({**result.summary(), "wer_pct": score})
+            rows.append(librispeech_load(url, level, passes=3))
             _log(json.dumps(rows[-1]))
     finally:
         proc.terminate()

@@ -6,13 +6,12 @@ python -m benchmarks.health_under_load
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import httpx
 from tests.datasets import clips
 
+from benchmarks.cpu_load import start_server
 from whisper_endpoint.bench import run_load
 
 PORT = 8799
@@ -42,17 +41,9 @@ async def measure(url: str) -> None:
 
 
 def main() -> None:
-    cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--port", str(PORT)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{PORT}"
+    proc = start_server(PORT, {})
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        asyncio.run(measure(url))
+        asyncio.run(measure(f"http://127.0.0.1:{PORT}"))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
