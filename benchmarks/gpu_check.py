@@ -173,9 +173,10 @@ def speed_one(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.max_num_seqs,
         gpu_memory_utilization=0.9,
         vllm_scores=not args.no_scores,
+        forced_tokens_per_30s=args.tokens,
     )
     started = time.monotonic()
-    engine = VllmEngine(settings, load_format="dummy", forced_tokens=args.tokens)
+    engine = VllmEngine(settings, load_format="dummy")
     start_s = time.monotonic() - started
     samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
     prompt = tuple(engine.tokenizer.sot_sequence("en", "transcribe", True))

@@ -97,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
             "port": args.port,
             "model": args.model,
             "engine": args.engine,
+            "gpus": args.gpus,
         }.items()
         if v is not None
     }
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.add_argument("--model")
     s.add_argument("--engine", choices=["auto", "ctranslate2", "vllm"])
+    s.add_argument("--gpus", type=int, help="vLLM: one engine per GPU on this many GPUs (0: all visible)")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("convert", help="write a CTranslate2 model in the Hugging Face layout (for --engine vllm)")

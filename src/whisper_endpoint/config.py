@@ -38,7 +38,11 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(8, ge=1, description="Windows per engine call.")
     batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more windows.")
-    pack_windows: bool = Field(True, description="Decode short windows of several requests as one 30 s window.")
+    pack_windows: bool = Field(
+        True,
+        description="Decode short windows of several requests as one 30 s window (CTranslate2: engines the "
+        "server batches itself).",
+    )
     max_queued_audio_s: float = Field(4 * 3600.0, gt=0, description="Admitted audio not yet transcribed.")
     max_inflight_requests: int = Field(64, ge=1)
     request_timeout_s: float = Field(3600.0, gt=0)
@@ -46,6 +50,7 @@ class Settings(BaseSettings):
     worker_threads: int = Field(0, ge=0, description="Requests decoding audio at once; 0 = cores.")
 
     # vLLM engine (GPU)
+    gpus: int = Field(1, ge=0, description="vLLM engines, one per GPU (data parallel); 0: every visible GPU.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(256, ge=1)
     kv_cache_dtype: str = Field("auto", description="auto: fp8 on compute capability >= 8.9.")
@@ -54,3 +59,10 @@ class Settings(BaseSettings):
         True, description="Per-token log-probabilities and the no-speech probability (the fallback needs them)."
     )
     load_format: str = Field("auto", description="vLLM load format; 'dummy' for speed runs without weights.")
+    calculate_kv_scales: bool = Field(False, description="fp8 KV cache: scales measured on the first batch, not 1.0.")
+    forced_tokens_per_30s: int | None = Field(
+        None,
+        ge=1,
+        description="Speed runs with dummy weights only: each window decodes exactly this many tokens per 30 s "
+        "of its audio, and no window falls back (random weights fail every check).",
+    )

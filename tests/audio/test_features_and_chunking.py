@@ -9,6 +9,7 @@ from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.chunking import iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
 from whisper_endpoint.audio.features import WINDOW_SAMPLES, log_mel_window
+from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
 
 
 def test_log_mel_matches_faster_whisper() -> None:
@@ -30,6 +31,18 @@ def test_chunks_are_short_ordered_and_absolute() -> None:
     for chunk in chunks:
         assert len(chunk.samples) <= WINDOW_SAMPLES
         assert np.array_equal(chunk.samples, audio[chunk.start : chunk.end])  # the offset is exact
+
+
+def test_chunks_carry_the_vad_probabilities_of_their_own_frames() -> None:
+    path = DATA / "C_longform" / "ljspeech_LJ001-0001_to_0032_concat.flac"
+    chunks = list(iter_speech_chunks(iter_audio(AudioSource(path), block_samples=7 * SAMPLE_RATE)))
+    for chunk in chunks:
+        assert chunk.speech_probs is not None
+        assert len(chunk.speech_probs) == -(-len(chunk.samples) // FRAME_SAMPLES)
+        # The chunk's own frames, not another stretch of the stream: as VAD on the chunk alone says.
+        alone = VadStream().feed(chunk.samples, final=True) >= 0.5
+        assert np.mean((chunk.speech_probs >= 0.5) == alone) > 0.9
+        assert (chunk.speech_probs >= 0.5).mean() > 0.5
 
 
 def test_speech_after_thirty_seconds_of_silence_keeps_its_offset() -> None:

@@ -6,6 +6,7 @@ import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.datasets import DATA, clips, english_normalizer, wer
@@ -131,3 +132,23 @@ def test_prompt_and_logprobs(engine: CTranslate2Engine) -> None:
     assert "".join(lp.token for lp in logprobs).strip() == transcript.text
     assert all(lp.logprob <= 0 for lp in logprobs)
     assert sum(lp.logprob for lp in logprobs) > -15
+
+
+def test_batched_strategy_runs_the_vad_once_over_the_audio(
+    engine: CTranslate2Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunker's speech probabilities are reused to drop segments over silence and to find lost tails."""
+    from whisper_endpoint.audio.vad import VadStream
+
+    seen = [0]
+    feed = VadStream.feed
+
+    def counting_feed(self: VadStream, block: np.ndarray, final: bool = False) -> np.ndarray:
+        seen[0] += len(block)
+        return feed(self, block, final)
+
+    monkeypatch.setattr(VadStream, "feed", counting_feed)
+    path = DATA / "E_containers" / "variants" / "jfk_x10_110s.wav"
+    transcript = transcribe(AudioSource(path), engine, DecodeOptions())
+    assert len(transcript.segments) >= 10
+    assert seen[0] == transcript.duration_ms * 16  # every sample once

@@ -125,22 +125,33 @@ def test_clear_errors_without_vllm_or_a_hugging_face_folder(tmp_path: Path) -> N
             load_engine(Settings(engine="vllm", model=str(tmp_path)))
 
 
+class FakeInputProcessor:
+    def process_inputs(self, request_id: str, prompt: dict[str, object], params: object, tasks: object) -> object:
+        if prompt.get("bad"):
+            raise ValueError("bad input")
+        return SimpleNamespace(request_id=request_id, external_req_id=None, params=params)
+
+
 class FakeLLMEngine:
-    """vLLM's LLMEngine surface the driver uses: internal ids differ from the ids outputs carry."""
+    """vLLM's LLMEngine surface the driver uses: add_request renames a request to an internal id, as
+    vLLM does, while outputs carry the id the caller chose."""
 
     def __init__(self, steps_per_request: int, hold_first_step_until: int = 0) -> None:
+        self.input_processor = FakeInputProcessor()
         self.steps = steps_per_request
         self.left: dict[str, int] = {}
         self.max_running = 0
         self.hold = hold_first_step_until  # no request finishes before this many arrived (or 5 s)
         self.deadline = time.monotonic() + 5
 
-    def add_request(self, request_id: str, prompt: dict[str, object], params: object) -> str:
-        if prompt.get("bad"):
-            raise ValueError("bad input")
-        self.left[request_id] = self.steps
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    def add_request(self, request_id: str, request: SimpleNamespace, params: object) -> str:
+        request.external_req_id, request.request_id = request_id, f"{request_id}-internal"
+        self.left[request.external_req_id] = self.steps
         self.max_running = max(self.max_running, len(self.left))
-        return f"{request_id}-internal"
+        return str(request.request_id)
 
     def step(self) -> list[SimpleNamespace]:
         if self.max_running < self.hold and time.monotonic() < self.deadline:

@@ -38,7 +38,7 @@ class SlowFakeEngine:
 
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         time.sleep(0.02)
-        self.batches.append([float(w.features[0, 0]) for w in windows])
+        self.batches.append([float(w.features[0, 0]) for w in windows if w.features is not None])
         return [Generation((), 0.0, 0.0) for _ in windows]
 
 
@@ -68,6 +68,50 @@ def test_windows_of_different_requests_share_a_batch() -> None:
         f.result(timeout=5)
     assert sorted(engine.batches[0]) == [0.0, 1.0, 2.0, 3.0]
     scheduler.stop()
+
+
+class ContinuousFakeEngine(SlowFakeEngine):
+    """An engine that batches concurrent calls itself: counts how many callers are inside at once."""
+
+    capabilities = Capabilities(continuous_batching=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.most_inside = 0
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        with self.lock:
+            self.inside -= 1
+        return [Generation((len(windows),), 0.0, 0.0) for _ in windows]
+
+
+def test_continuous_batching_engine_is_called_from_every_request_thread_at_once() -> None:
+    from whisper_endpoint.serving.scheduler import ScheduledEngine
+
+    engine = ContinuousFakeEngine()
+    scheduler = Scheduler(engine, Metrics(), 4, 0.005)  # type: ignore[arg-type]
+    slots = threading.BoundedSemaphore(2)
+
+    def request(n: int) -> int:
+        with slots:  # as a request thread holds its front-end slot
+            windows = [_window(0.0)] * n
+            return len(ScheduledEngine(scheduler, f"r{n}", lambda: False, slots).generate(windows, SamplingOptions()))
+
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(request, range(1, 9)))
+    scheduler.stop()
+    assert sizes == list(range(1, 9))
+    assert engine.most_inside >= 4  # more callers than front-end slots were inside the engine together
+    assert not any(name == "engine" for name in engine.threads)  # never through the scheduler's thread
+    assert engine.batches == []
 
 
 def test_cancel_drops_pending_windows() -> None:

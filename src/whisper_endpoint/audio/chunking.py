@@ -28,10 +28,12 @@ class VadOptions:
 
 @dataclass(frozen=True)
 class AudioChunk:
-    """Audio from `start` (absolute sample offset in the file) for len(samples) samples."""
+    """Audio from `start` (absolute sample offset in the file) for len(samples) samples, and where
+    known, the VAD's speech probability per FRAME_SAMPLES frame from `start` (so it is not run twice)."""
 
     start: int
     samples: np.ndarray
+    speech_probs: np.ndarray | None = None
 
     @property
     def end(self) -> int:
@@ -134,10 +136,41 @@ class _Buffer:
         self.base = offset if cut <= len(joined) else self.base + len(joined)
 
 
+class _FrameProbs:
+    """VAD probabilities of the stream's frames from frame `base` on."""
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.probs = np.zeros(0, np.float32)
+        self.pending: list[np.ndarray] = []
+
+    def append(self, probs: np.ndarray) -> None:
+        self.pending.append(probs)
+
+    def _join(self) -> None:
+        if self.pending:
+            self.probs = np.concatenate([self.probs, *self.pending])
+            self.pending = []
+
+    def for_samples(self, start: int, n_samples: int) -> np.ndarray:
+        """One probability per frame of the audio from sample `start` (frames rounded to the stream's grid)."""
+        self._join()
+        first = start // FRAME_SAMPLES - self.base
+        n_frames = -(-n_samples // FRAME_SAMPLES)
+        out = self.probs[max(0, first) : max(0, first + n_frames)]
+        return np.pad(out, (0, n_frames - len(out)))  # frames past the end of the stream: silence
+
+    def drop_before(self, sample: int) -> None:
+        self._join()
+        cut = sample // FRAME_SAMPLES - self.base
+        if cut > 0:
+            self.probs, self.base = self.probs[cut:], self.base + cut
+
+
 def iter_speech_chunks(blocks: Iterator[np.ndarray], options: VadOptions | None = None) -> Iterator[AudioChunk]:
     """Speech chunks of at most `max_chunk_samples`, in order, each with its absolute start."""
     o = options or VadOptions()
-    vad, segmenter, buffer = VadStream(), _Segmenter(o), _Buffer()
+    vad, segmenter, buffer, frames = VadStream(), _Segmenter(o), _Buffer(), _FrameProbs()
     pad = segmenter.pad
     pending: list[Span] = []  # padded spans of the chunk being built
     last_span: Span | None = None  # held back until we know the gap to the next one
@@ -150,13 +183,19 @@ def iter_speech_chunks(blocks: Iterator[np.ndarray], options: VadOptions | None 
         end = min(end, buffer.end)
         prev_end = span.end
         if pending and end - pending[0].start > o.max_chunk_samples:
-            yield AudioChunk(pending[0].start, buffer.slice(pending[0].start, pending[-1].end))
+            yield chunk()
             pending.clear()
         pending.append(Span(start, end))
 
+    def chunk() -> AudioChunk:
+        first, last = pending[0].start, pending[-1].end
+        return AudioChunk(first, buffer.slice(first, last), frames.for_samples(first, last - first))
+
     for block in blocks:
         buffer.append(block)
-        for span in segmenter.feed(vad.feed(block)):
+        probs = vad.feed(block)
+        frames.append(probs)
+        for span in segmenter.feed(probs):
             if last_span is not None:
                 yield from add(last_span, span.start)
             last_span = span
@@ -166,7 +205,8 @@ def iter_speech_chunks(blocks: Iterator[np.ndarray], options: VadOptions | None 
         keep += [last_span.start - pad] if last_span else []
         keep += [segmenter.start - pad] if segmenter.start is not None else []
         buffer.drop_before(max(0, min(keep)))
-    vad.feed(np.zeros(0, np.float32), final=True)  # the padded last frame cannot open a span worth keeping
+        frames.drop_before(max(0, min(keep)))
+    frames.append(vad.feed(np.zeros(0, np.float32), final=True))  # the padded last frame opens no span worth keeping
     final = segmenter.finish(buffer.end)
     for span in final:
         if last_span is not None:
@@ -175,4 +215,4 @@ def iter_speech_chunks(blocks: Iterator[np.ndarray], options: VadOptions | None 
     if last_span is not None:
         yield from add(last_span, None)
     if pending:
-        yield AudioChunk(pending[0].start, buffer.slice(pending[0].start, pending[-1].end))
+        yield chunk()

@@ -1,4 +1,6 @@
-"""`whisper-endpoint bench`: a bounded HTTP load generator against any OpenAI-compatible server."""
+"""`whisper-endpoint bench`: a bounded HTTP load generator against any OpenAI-compatible server, and
+the same load against peer servers in the same run (`--peer name=url`), so comparisons are ratios
+measured on one machine at one time."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-AUDIO_SUFFIXES = {".flac", ".mp3", ".wav", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
+from whisper_endpoint.bench.corpus import corpus, durations_s, references
 
 
 @dataclass
@@ -24,16 +26,22 @@ class Result:
     audio_s: float = 0.0
     wall_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    first_event_s: list[float] = field(default_factory=list)  # streaming: time to the first event
     server_peak_rss_mib: float | None = None
+    gpu_memory_mib: float | None = None
+    wer_pct: float | None = None
+    system: str = "whisper-endpoint"
     texts: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_s)
+        first = sorted(self.first_event_s)
 
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
+        def pct(p: float, values: list[float] = lat) -> float | None:
+            return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None
 
         return {
+            "system": self.system,
             "url": self.url,
             "concurrency": self.concurrency,
             "requests": self.requests,
@@ -46,17 +54,12 @@ class Result:
             "p95_s": pct(0.95),
             "p99_s": pct(0.99),
             "mean_s": round(statistics.fmean(lat), 3) if lat else None,
+            "first_event_p50_s": pct(0.5, first),
+            "first_event_p95_s": pct(0.95, first),
             "server_peak_rss_mib": self.server_peak_rss_mib,
+            "gpu_memory_mib": self.gpu_memory_mib,
+            "wer_pct": self.wer_pct,
         }
-
-
-def corpus(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES) if p.is_dir() else [p]
-    if not files:
-        raise SystemExit("bench: no audio files in the corpus")
-    return files
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -79,15 +82,58 @@ async def run_load(
     language: str | None = None,
     api_key: str | None = None,
     timeout_s: float = 600,
+    response_format: str = "verbose_json",
+    stream: bool = False,
+    tokens_per_30s: int | None = None,
 ) -> Result:
+    """`concurrency` clients posting `files` in turn. Audio seconds come from the files themselves, so
+    any response format (and any server) can be timed; `tokens_per_30s` sends max_completion_tokens
+    in proportion to each file's length (for servers decoding dummy weights to a fixed length)."""
     import httpx
 
     result = Result(url, concurrency)
-    payloads = [(f.name, f.read_bytes()) for f in files]
+    lengths = durations_s(files)
+    payloads = [(f.name, f.read_bytes(), lengths[f]) for f in files]
     total = requests if requests is not None else (None if duration_s else len(files))
     counter = iter(range(sys.maxsize))
     started = time.monotonic()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def count_error(key: str) -> bool:
+        result.errors[key] = result.errors.get(key, 0) + 1
+        return False
+
+    async def post(client: httpx.AsyncClient, name: str, data: bytes, form: dict[str, str]) -> bool:
+        t0 = time.monotonic()
+        upload = {"file": (name, data)}
+        if not stream:
+            response = await client.post(url, files=upload, data=form, headers=headers)
+            if response.status_code != 200:
+                return count_error(str(response.status_code))
+            result.latencies_s.append(time.monotonic() - t0)
+            result.texts[name] = response.json().get("text", "") if "json" in response_format else response.text
+            return True
+        parts: list[str] = []
+        request = client.build_request("POST", url, files=upload, data=form, headers=headers)
+        response = await client.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                return count_error(str(response.status_code))
+            async for line in response.aiter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                if not parts:
+                    result.first_event_s.append(time.monotonic() - t0)
+                event = json.loads(line[5:])
+                if event.get("type") == "transcript.text.done":
+                    parts = [event.get("text", "")]
+                    break
+                parts.append(event.get("delta", ""))
+        finally:
+            await response.aclose()
+        result.latencies_s.append(time.monotonic() - t0)
+        result.texts[name] = "".join(parts)
+        return True
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while True:
@@ -96,25 +142,20 @@ async def run_load(
                 return
             if duration_s is not None and time.monotonic() - started > duration_s:
                 return
-            name, data = payloads[i % len(payloads)]
-            form = {"model": model, "response_format": "verbose_json"}
+            name, data, seconds = payloads[i % len(payloads)]
+            form = {"model": model, "response_format": response_format}
             if language:
                 form["language"] = language
-            t0 = time.monotonic()
-            try:
-                response = await client.post(url, files={"file": (name, data)}, data=form, headers=headers)
-            except httpx.HTTPError as exc:
-                result.errors[type(exc).__name__] = result.errors.get(type(exc).__name__, 0) + 1
-                continue
+            if stream:
+                form["stream"] = "true"
+            if tokens_per_30s:
+                form["max_completion_tokens"] = str(max(1, round(tokens_per_30s * seconds / 30)))
             result.requests += 1
-            if response.status_code != 200:
-                key = str(response.status_code)
-                result.errors[key] = result.errors.get(key, 0) + 1
-                continue
-            result.latencies_s.append(time.monotonic() - t0)
-            body = response.json()
-            result.audio_s += float(body.get("duration", 0))
-            result.texts[name] = body.get("text", "")
+            try:
+                if await post(client, name, data, form):
+                    result.audio_s += seconds
+            except httpx.HTTPError as exc:
+                count_error(type(exc).__name__)
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -123,38 +164,107 @@ async def run_load(
     return result
 
 
+def gpu_memory_used_mib() -> float | None:
+    """Memory in use on every visible GPU together, from nvidia-smi; None without one."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return float(sum(float(v) for v in out.split()))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def score(result: Result, refs: dict[str, str]) -> float | None:
+    """Corpus WER in % of the transcripts against references, after Whisper's English normaliser."""
+    pairs = [(refs[name], text) for name, text in result.texts.items() if refs.get(name)]
+    if not pairs:
+        return None
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    truth, said = zip(*((norm(r), norm(h)) for r, h in pairs), strict=True)
+    return round(100 * float(jiwer.wer(list(truth), list(said))), 2)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000/v1/audio/transcriptions")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="another OpenAI-compatible server to put under the same load, in the same run (repeatable)",
+    )
     parser.add_argument("--corpus", nargs="+", required=True, help="audio files or folders")
+    parser.add_argument("--references", help="a TSV with `path` and `reference` columns: report WER")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1])
     parser.add_argument("--requests", type=int, help="requests per concurrency level (default: the corpus once)")
     parser.add_argument("--duration", type=float, help="seconds per concurrency level instead of a count")
     parser.add_argument("--language")
     parser.add_argument("--model", default="whisper-1")
+    parser.add_argument("--response-format", default="json")
+    parser.add_argument("--stream", action="store_true", help="stream=true: also time the first event")
+    parser.add_argument("--tokens-per-30s", type=int, help="send max_completion_tokens in proportion to length")
     parser.add_argument("--api-key")
     parser.add_argument("--server-pid", type=int, help="report this process's peak RSS")
     parser.add_argument("--output", help="write the JSON results here")
+    parser.add_argument("--plot", help="write a PNG of RTFx and p95 latency against concurrency here")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     files = corpus(args.corpus)
+    refs = references(Path(args.references)) if args.references else {}
+    systems = [("whisper-endpoint", args.url)] + [tuple(p.split("=", 1)) for p in args.peer]
     results = []
     for level in args.concurrency:
-        result = asyncio.run(
-            run_load(args.url, files, level, args.requests, args.duration, args.model, args.language, args.api_key)
-        )
-        if args.server_pid:
-            result.server_peak_rss_mib = peak_rss_mib(args.server_pid)
-        summary = result.summary()
-        results.append({**summary, "texts": result.texts})
-        print(json.dumps(summary), flush=True)
+        for system, url in systems:  # each level against every system back to back: same machine, same time
+            result = asyncio.run(
+                run_load(
+                    url,
+                    files,
+                    level,
+                    args.requests,
+                    args.duration,
+                    args.model,
+                    args.language,
+                    args.api_key,
+                    response_format=args.response_format,
+                    stream=args.stream,
+                    tokens_per_30s=args.tokens_per_30s,
+                )
+            )
+            result.system = system
+            result.gpu_memory_mib = gpu_memory_used_mib()
+            result.wer_pct = score(result, refs)
+            if args.server_pid and system == "whisper-endpoint":
+                result.server_peak_rss_mib = peak_rss_mib(args.server_pid)
+            summary = result.summary()
+            results.append({**summary, "texts": result.texts})
+            print(json.dumps(summary), flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    print(f"{'conc':>5} {'reqs':>5} {'errors':>7} {'RTFx':>8} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}")
-    for r in results:
-        print(
-            f"{r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>7} {r['rtfx'] or 0:>8.2f} "
-            f"{r['p50_s'] or 0:>7.2f} {r['p95_s'] or 0:>7.2f} {r['p99_s'] or 0:>7.2f}"
-        )
+    if args.plot:
+        from whisper_endpoint.bench.plot import plot
+
+        plot(results, Path(args.plot))
+    print(table(results))
     return 0
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'system':<18} {'conc':>5} {'reqs':>5} {'errors':>6} {'RTFx':>8} {'p50 s':>7} {'p95 s':>7} {'WER %':>6}"]
+    for r in results:
+        wer = f"{r['wer_pct']:.2f}" if r.get("wer_pct") is not None else "-"
+        lines.append(
+            f"{r['system']:<18} {r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>6} "
+            f"{r['rtfx'] or 0:>8.1f} {r['p50_s'] or 0:>7.2f} {r['p95_s'] or 0:>7.2f} {wer:>6}"
+        )
+    return "\n".join(lines)

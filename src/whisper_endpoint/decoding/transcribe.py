@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 
 import numpy as np
@@ -117,7 +117,14 @@ def _check_capabilities(engine: Engine, options: DecodeOptions) -> None:
         raise UnsupportedFeatureError(f"the {engine.name} engine has no beam search", param="beam_size")
 
 
-def _detect_language(ctx: _Context, features: np.ndarray, samples: np.ndarray) -> None:
+def _features(ctx: _Context, samples: np.ndarray) -> np.ndarray | None:
+    """Our log-mel of a window, or None for an engine that computes its own from the samples."""
+    if not ctx.engine.capabilities.log_mel_input:
+        return None
+    return log_mel_window(samples, ctx.engine.n_mels)
+
+
+def _detect_language(ctx: _Context, features: np.ndarray | None, samples: np.ndarray) -> None:
     if ctx.info.language is not None:
         return
     if not ctx.engine.capabilities.language_detection:
@@ -141,16 +148,16 @@ def _prompt(ctx: _Context, previous: Sequence[int]) -> tuple[int, ...]:
 def _batched(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCallback | None) -> Iterator[Segment]:
     chunks = iter_speech_chunks(iter(blocks))
     while group := list(islice(chunks, ctx.options.batch_size)):
-        features = [log_mel_window(c.samples, ctx.engine.n_mels) for c in group]
+        features = [_features(ctx, c.samples) for c in group]
         _detect_language(ctx, features[0], group[0].samples)
         decoded = _decode_chunks(ctx, group, features)
         # Whisper often stops before the last words of a full window; decode such tails again.
         tails = {i: t for i, (c, d) in enumerate(zip(group, decoded, strict=True)) if (t := _lost_tail(ctx, c, d))}
         tail_chunks = list(tails.values())
-        tail_features = [log_mel_window(c.samples, ctx.engine.n_mels) for c in tail_chunks]
+        tail_features = [_features(ctx, c.samples) for c in tail_chunks]
         tail_decoded = dict(zip(tails, _decode_chunks(ctx, tail_chunks, tail_features), strict=True))
         tail_feature_of = dict(zip(tails, tail_features, strict=True))
-        ordered: list[tuple[AudioChunk, np.ndarray, Decoded]] = []
+        ordered: list[tuple[AudioChunk, np.ndarray | None, Decoded]] = []
         for i, chunk in enumerate(group):
             ordered.append((chunk, features[i], decoded[i]))
             if i in tails:
@@ -160,7 +167,7 @@ def _batched(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCall
             progress(samples_to_ms(group[-1].end))
 
 
-def _decode_chunks(ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray]) -> list[Decoded]:
+def _decode_chunks(ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray | None]) -> list[Decoded]:
     if not chunks:
         return []
     windows = [
@@ -180,9 +187,9 @@ def _lost_tail(ctx: _Context, chunk: AudioChunk, decoded: Decoded) -> AudioChunk
     if window_ms - covered_ms < MIN_LOST_TAIL_MS:
         return None
     rest = chunk.samples[covered_ms * SAMPLE_RATE // 1000 :]
-    if not _has_speech(rest):
-        return None
-    return AudioChunk(chunk.start + len(chunk.samples) - len(rest), rest)
+    probs = chunk.speech_probs[-(-len(rest) // FRAME_SAMPLES) :] if chunk.speech_probs is not None else None
+    tail = AudioChunk(chunk.start + len(chunk.samples) - len(rest), rest, probs)
+    return tail if _speech_frames(tail).any() else None
 
 
 def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCallback | None) -> Iterator[Segment]:
@@ -190,10 +197,11 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
     seek = 0
     previous = list(ctx.prompt_tokens)
     while (window := reader.window(seek)) is not None:
-        if not _has_speech(window.samples):
+        window = replace(window, speech_probs=VadStream().feed(window.samples, final=True))
+        if not _speech_frames(window).any():
             seek = window.end
             continue
-        features = log_mel_window(window.samples, ctx.engine.n_mels)
+        features = _features(ctx, window.samples)
         _detect_language(ctx, features, window.samples)
         window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)), window.samples)
         decoded = decode_with_fallback(ctx.engine, [window_input], ctx.options)
@@ -212,7 +220,7 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
 def _emit(
     ctx: _Context,
     chunks: Sequence[AudioChunk],
-    features: Sequence[np.ndarray],
+    features: Sequence[np.ndarray | None],
     decoded: Sequence[Decoded],
     keep_tail: bool,
 ) -> Iterator[Segment]:
@@ -227,7 +235,7 @@ def _emit(
             ctx.consumed_ms = window_ms
             continue
         timed, ctx.consumed_ms = split_timestamps(result.generation.tokens, tokenizer, window_ms, keep_tail)
-        speech = _speech_frames(chunk.samples)
+        speech = _speech_frames(chunk)
         per_window.append([t for t in timed if _overlaps_speech(speech, t)])
     words = _words(ctx, chunks, features, per_window) if ctx.options.word_timestamps else None
     for w, (chunk, result, timed) in enumerate(zip(chunks, decoded, per_window, strict=True)):
@@ -265,7 +273,10 @@ def _logprobs(ctx: _Context, result: Decoded) -> list[TokenLogprob]:
 
 
 def _words(
-    ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray], timed: Sequence[list[TimedTokens]]
+    ctx: _Context,
+    chunks: Sequence[AudioChunk],
+    features: Sequence[np.ndarray | None],
+    timed: Sequence[list[TimedTokens]],
 ) -> list[list[list[Word]]]:
     items, which = [], []
     for i, (chunk, pieces) in enumerate(zip(chunks, timed, strict=True)):
@@ -287,12 +298,10 @@ def _words(
     return out
 
 
-def _speech_frames(samples: np.ndarray) -> np.ndarray:
-    return VadStream().feed(samples, final=True) >= SPEECH_PROB
-
-
-def _has_speech(samples: np.ndarray) -> bool:
-    return bool(_speech_frames(samples).any())
+def _speech_frames(chunk: AudioChunk) -> np.ndarray:
+    """Per VAD frame of the chunk, whether it holds speech; the chunker's probabilities where it kept them."""
+    probs = chunk.speech_probs if chunk.speech_probs is not None else VadStream().feed(chunk.samples, final=True)
+    return probs >= SPEECH_PROB
 
 
 def _overlaps_speech(speech: np.ndarray, piece: TimedTokens) -> bool:

@@ -47,7 +47,7 @@ def load_engine(settings: Settings) -> Engine:
             raise EngineUnavailableError(
                 "--engine vllm needs vLLM: pip install 'whisper-endpoint[gpu]' on a machine with an NVIDIA GPU"
             )
-        from whisper_endpoint.engines.vllm import VllmEngine
+        from whisper_endpoint.engines.pool import vllm_pool
 
-        return VllmEngine(settings, load_format=settings.load_format)
+        return vllm_pool(settings)
     raise EngineUnavailableError(f"unknown engine {kind!r}")

@@ -1,6 +1,7 @@
 """The engine interface: what the decoding layer needs from a Whisper implementation.
 
-Everything works on batches of <= 30 s windows given as log-mel features [n_mels, 3000].
+Everything works on batches of <= 30 s windows: their 16 kHz samples and, for engines that want
+them (`Capabilities.log_mel_input`), our log-mel features [n_mels, 3000].
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Capabilities:
     token_logprobs: bool = True
     language_detection: bool = True
     beam_search: bool = True
+    log_mel_input: bool = True  # False: the engine computes its own features from the samples
+    continuous_batching: bool = False  # True: concurrent calls join one running batch inside the engine
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,10 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class WindowInput:
-    """One window: its features and the full decoder prompt (previous text + SOT sequence)."""
+    """One window: its features (None for engines that compute their own) and the full decoder prompt
+    (previous text + SOT sequence)."""
 
-    features: np.ndarray
+    features: np.ndarray | None
     prompt: tuple[int, ...]
     duration_ms: int = 30_000  # real audio in the window; the rest of the 30 s is padding
     samples: np.ndarray | None = None  # the window's 16 kHz audio, for engines and packing that need it
@@ -61,7 +65,7 @@ class Generation:
 class AlignInput:
     """Text tokens of one window to align against its audio; `num_frames` counts mel frames of real audio."""
 
-    features: np.ndarray
+    features: np.ndarray | None
     sot_sequence: tuple[int, ...]
     text_tokens: tuple[int, ...]
     num_frames: int

@@ -75,8 +75,11 @@ class CTranslate2Engine:
         files = resolve_model(settings.model, settings.cache_dir)
         return cls(files, device, settings.compute_type, settings.cpu_threads, settings.max_batch_size)
 
-    def _features(self, features: Sequence[np.ndarray]) -> Any:
-        return self._ct2.StorageView.from_array(np.ascontiguousarray(np.stack(features), dtype=np.float32))
+    def _features(self, features: Sequence[np.ndarray | None]) -> Any:
+        present = [f for f in features if f is not None]
+        if len(present) != len(features):
+            raise ValueError("the CTranslate2 engine needs each window's log-mel features")
+        return self._ct2.StorageView.from_array(np.ascontiguousarray(np.stack(present), dtype=np.float32))
 
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         sampling = options.temperature > 0

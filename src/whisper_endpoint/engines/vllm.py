@@ -17,14 +17,14 @@ import threading
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.config import Settings
 from whisper_endpoint.convert import convert
-from whisper_endpoint.decoding.tokenizer import Tokenizer
+from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import AlignInput, Alignment, Capabilities, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
 from whisper_endpoint.models import BUNDLED_ALIASES, resolve_model
@@ -107,8 +107,8 @@ def sampling_kwargs(
     suppress = [t for t in options.suppress_tokens if t >= 0]
     if suppress:
         kwargs["logit_bias"] = {t: SUPPRESS_BIAS for t in suppress}
-    if forced_tokens is not None:  # speed runs with dummy weights: every window decodes exactly this many
-        n = min(forced_tokens, max_tokens)
+    if forced_tokens is not None:  # speed runs with dummy weights: the window decodes exactly this many
+        n = max(1, min(forced_tokens, max_tokens))
         kwargs.update(min_tokens=n, max_tokens=n, ignore_eos=True)
     return kwargs
 
@@ -185,9 +185,16 @@ def model_folder(model: str, cache_dir: Path) -> Path:
 
 class VllmEngine:
     name = "vllm"
-    capabilities = Capabilities(word_timestamps=False, token_logprobs=True, language_detection=True, beam_search=False)
+    capabilities = Capabilities(
+        word_timestamps=False,
+        token_logprobs=True,
+        language_detection=True,
+        beam_search=False,
+        log_mel_input=False,
+        continuous_batching=True,
+    )
 
-    def __init__(self, settings: Settings, load_format: str = "auto", forced_tokens: int | None = None) -> None:
+    def __init__(self, settings: Settings, load_format: str = "auto") -> None:
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -204,7 +211,7 @@ class VllmEngine:
         self.tokenizer = Tokenizer.from_file(folder / "tokenizer.json", self.multilingual)
         self.max_batch_size = chosen.max_num_seqs
         self.settings = chosen
-        self.forced_tokens = forced_tokens
+        self.forced_tokens_per_30s = settings.forced_tokens_per_30s
         self.scores = settings.vllm_scores
         llm = LLM(
             model=str(folder),
@@ -216,6 +223,10 @@ class VllmEngine:
             max_model_len=MAX_MODEL_LEN,
             load_format=chosen.load_format,
             limit_mm_per_prompt={"audio": 1},
+            # Inputs are prepared in the callers' threads (see _submit); vLLM's processor cache is not
+            # meant for that, and audio windows never repeat anyway.
+            mm_processor_cache_gb=0,
+            calculate_kv_scales=settings.calculate_kv_scales,
             disable_log_stats=True,
         )
         # One thread owns vLLM's engine and steps it while any request is unfinished: windows submitted
@@ -226,6 +237,7 @@ class VllmEngine:
 
     def _start_driver(self, engine: Any) -> None:
         self._engine = engine
+        self._tasks = engine.get_supported_tasks()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (prompt, params, future) or _STOP
         self._thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self._thread.start()
@@ -239,11 +251,10 @@ class VllmEngine:
                     for future in running.values():
                         future.set_exception(EngineUnavailableError("the vLLM engine was closed"))
                     return
-                prompt, params, future = item
-                request_id = uuid.uuid4().hex  # outputs carry this id; add_request returns an internal one
+                request, future = item
                 try:
-                    self._engine.add_request(request_id, prompt, params)
-                    running[request_id] = future
+                    self._engine.add_request(request.request_id, request, request.params)
+                    running[request.external_req_id] = future  # outputs carry the id we chose
                 except Exception as exc:  # a bad input fails its own request only
                     future.set_exception(exc)
                 item = self._next_nowait()
@@ -274,28 +285,47 @@ class VllmEngine:
         return self._submit_params(prompts, params)
 
     def _submit_params(self, prompts: Sequence[dict[str, Any]], params: Sequence[Any]) -> list[Any]:
+        """Each window's inputs (vLLM's log-mel among them) are prepared here, in the caller's thread, so
+        that callers prepare in parallel and the driver thread only adds and steps."""
         futures: list[Future[Any]] = []
         for prompt, p in zip(prompts, params, strict=True):
             future: Future[Any] = Future()
-            self._inbox.put((prompt, p, future))
+            try:
+                request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
+            except Exception as exc:  # a bad input fails its own window only
+                future.set_exception(exc)
+            else:
+                self._inbox.put((request, future))
             futures.append(future)
         return [f.result() for f in futures]
 
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         if options.beam_size > 1:
             raise UnsupportedFeatureError("the vllm engine has no beam search", param="beam_size")
-        kwargs = [sampling_kwargs(options, len(w.prompt), self.forced_tokens, self.scores) for w in windows]
+        kwargs = [sampling_kwargs(options, len(w.prompt), self._forced(w), self.scores) for w in windows]
         outputs = self._submit([engine_prompt(w) for w in windows], kwargs)
         generations = []
         for window, output in zip(windows, outputs, strict=True):
             completion = output.outputs[0]
             no_speech = no_speech_probability(window.prompt, output.prompt_logprobs, self.tokenizer)
-            generations.append(
-                to_generation(
-                    completion.token_ids, completion.logprobs, no_speech, self.tokenizer.eot, options.token_logprobs
-                )
+            generation = to_generation(
+                completion.token_ids, completion.logprobs, no_speech, self.tokenizer.eot, options.token_logprobs
             )
+            if self.forced_tokens_per_30s is not None:
+                generation = self._as_complete(generation, window)
+            generations.append(generation)
         return generations
+
+    def _as_complete(self, generation: Generation, window: WindowInput) -> Generation:
+        """Random weights' output as a finished decode: scores that never ask for a fallback and a last
+        timestamp at the window's end, so no tail is decoded again; the work stays what vLLM did."""
+        end = self.tokenizer.timestamp_begin + min(window.duration_ms, 30_000) // MS_PER_TIMESTAMP
+        return replace(generation, tokens=(*generation.tokens, end), sum_logprob=0.0, no_speech_prob=0.0)
+
+    def _forced(self, window: WindowInput) -> int | None:
+        if self.forced_tokens_per_30s is None:
+            return None
+        return round(self.forced_tokens_per_30s * window.duration_ms / 30_000)
 
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
         allowed = list(self.tokenizer.language_tokens.values())

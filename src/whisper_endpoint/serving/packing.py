@@ -70,14 +70,16 @@ def plan(windows: Sequence[WindowInput], options: SamplingOptions, tokenizer: To
     return [Pack(*map(tuple, zip(*members, strict=True))) for members in done if len(members) > 1]
 
 
-def packed_input(windows: Sequence[WindowInput], pack: Pack, n_mels: int) -> WindowInput:
+def packed_input(windows: Sequence[WindowInput], pack: Pack, n_mels: int | None) -> WindowInput:
+    """The pack's audio as one window; its log-mel too unless `n_mels` is None (the engine makes its own)."""
     audio = np.zeros(pack.total, np.float32)
     for index, offset, length in zip(pack.members, pack.offsets, pack.lengths, strict=True):
         samples = windows[index].samples
         assert samples is not None
         audio[offset : offset + length] = samples
     prompt = windows[pack.members[0]].prompt
-    return WindowInput(log_mel_window(audio, n_mels), prompt, samples_to_ms(pack.total), audio)
+    features = log_mel_window(audio, n_mels) if n_mels is not None else None
+    return WindowInput(features, prompt, samples_to_ms(pack.total), audio)
 
 
 def unpack(generation: Generation, pack: Pack, tokenizer: Tokenizer) -> list[Generation] | None:
@@ -120,7 +122,8 @@ def generate_packed(
     packs = plan(windows, options, engine.tokenizer)
     packed = {i for pack in packs for i in pack.members}
     alone = [i for i in range(len(windows)) if i not in packed]
-    inputs = [packed_input(windows, pack, engine.n_mels) for pack in packs] + [windows[i] for i in alone]
+    n_mels = engine.n_mels if engine.capabilities.log_mel_input else None
+    inputs = [packed_input(windows, pack, n_mels) for pack in packs] + [windows[i] for i in alone]
     outputs = engine.generate(inputs, options) if inputs else []
     results: dict[int, Generation] = dict(zip(alone, outputs[len(packs) :], strict=True))
     again: list[int] = []

@@ -3,6 +3,10 @@
 Requests submit jobs; the engine thread forms batches of up to `max_batch_size` windows that share
 sampling options, taking one job per request in turn (round-robin), so a 5 s clip is not stuck
 behind the windows of a 1-hour upload. Results go back through futures.
+
+An engine that batches concurrent calls itself (vLLM: continuous batching) is called straight from
+the request threads instead: a batch formed here would only wait for its slowest window, and each
+thread prepares its own windows' inputs in parallel.
 """
 
 from __future__ import annotations
@@ -160,6 +164,14 @@ class Scheduler:
                 job.future.set_result(results[offset : offset + len(job.items)])
                 offset += len(job.items)
 
+    def run_now(self, kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+        """One call straight to an engine that batches concurrent calls itself."""
+        self.metrics.batch_size.observe(len(items))
+        if kind == "generate":
+            assert options is not None
+            return list(self.engine.generate(items, options))
+        return self._run(kind, list(items), options)
+
     def _run(self, kind: str, items: list[Any], options: SamplingOptions | None) -> list[Any]:
         if kind == "generate":
             assert options is not None
@@ -200,13 +212,18 @@ class ScheduledEngine:
     def _call(self, kind: str, items: Sequence[Any], options: SamplingOptions | None = None) -> list[Any]:
         if self._cancelled():
             raise CancelledRequestError("request cancelled")
+        if self.capabilities.continuous_batching:
+            return self._waiting(lambda: self._scheduler.run_now(kind, items, options))
         future = self._scheduler.submit(self._request_id, kind, items, options)
+        return self._waiting(future.result)
+
+    def _waiting(self, wait: Callable[[], list[Any]]) -> list[Any]:
         # The calling thread holds a front-end slot; while it only waits for the engine, another may work.
         if self._slot is None:
-            return future.result()
+            return wait()
         self._slot.release()
         try:
-            return future.result()
+            return wait()
         finally:
             self._slot.acquire()
 

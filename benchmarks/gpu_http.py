@@ -1,0 +1,184 @@
+"""whisper-endpoint against vLLM's own server, through HTTP, on one GPU, in the same run.
+
+    python -m benchmarks.gpu_http --data DIR --tokenizer-src DIR --checkpoint-script FILE \\
+        --system vllm-serve --system whisper-endpoint --out DIR
+
+whisper-large-v3's shape with dummy weights (vLLM's load_format=dummy), bf16, fp8 KV cache, 512
+sequences, on both servers. Uploads are FLAC files of real speech (LibriSpeech test-clean), each one
+unique (dithered), in two corpora: 30 s windows, and the clips themselves (5-15 s). Every 30 s of audio
+decodes 100 tokens: vLLM's server is sent max_completion_tokens in proportion to each file's length,
+ours runs with WHISPER_FORCED_TOKENS_PER_30S=100 (each VAD chunk decodes in proportion to its length).
+Each server starts, takes every load, and stops before the next one starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.gpu_check import PORT, wait_ready
+
+TOKENS_PER_30S = 100
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def tree_peak_rss_mib(pid: int) -> float:
+    """Peak RSS of a process and its children (vLLM's engine core is a child), summed."""
+    from whisper_endpoint.bench import peak_rss_mib
+
+    pids = [pid]
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    pids += [int(c) for c in children]
+    return round(sum(peak_rss_mib(p) or 0.0 for p in pids), 1)
+
+
+def start(system: str, checkpoint: Path, log: Path) -> subprocess.Popen[bytes]:
+    if system == "vllm-serve":
+        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(checkpoint), "--load-format", "dummy"]
+        cmd += ["--dtype", "bfloat16", "--max-model-len", "448", "--kv-cache-dtype", "fp8", "--max-num-seqs", "512"]
+        cmd += ["--gpu-memory-utilization", "0.9", "--port", str(PORT)]
+        env = dict(os.environ)
+    else:
+        cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(checkpoint)]
+        cmd += ["--port", str(PORT)]
+        env = {
+            **os.environ,
+            "WHISPER_LOAD_FORMAT": "dummy",
+            "WHISPER_FORCED_TOKENS_PER_30S": str(TOKENS_PER_30S),
+            "WHISPER_MAX_NUM_SEQS": "512",
+            "WHISPER_GPU_MEMORY_UTILIZATION": "0.9",
+            "WHISPER_MAX_INFLIGHT_REQUESTS": "4096",
+            "WHISPER_MAX_QUEUED_AUDIO_S": "10000000",
+            "WHISPER_LOG_LEVEL": "warning",
+        }
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def corpora(data: Path, work: Path, long_count: int, short_count: int) -> dict[str, list[Path]]:
+    from whisper_endpoint.bench.corpus import make_corpus
+
+    clips = sorted((data / "B_librispeech" / "test-clean").glob("*.flac"))
+    short_sources = [c for c in clips if 5 * 16_000 <= _samples(c) <= 15 * 16_000]
+    out = {}
+    for name, sources, count, seconds in (
+        ("30s", clips, long_count, 30.0),
+        ("5-15s", short_sources, short_count, None),
+    ):
+        folder = work / f"corpus-{name}-{count}"
+        files = sorted(folder.glob("*.flac"))
+        if len(files) != count:
+            files = make_corpus(sources, folder, count, seconds)
+        out[name] = files
+        _log(f"corpus {name}: {len(files)} FLAC files from {len(sources)} clips")
+    return out
+
+
+def _samples(path: Path) -> int:
+    from whisper_endpoint.audio.decode import AudioSource, load_audio
+
+    return len(load_audio(AudioSource(path)))
+
+
+def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args: argparse.Namespace) -> list[Any]:
+    from whisper_endpoint.bench import gpu_memory_used_mib, run_load
+
+    url = f"http://127.0.0.1:{PORT}"
+    proc = start(system, checkpoint, Path(args.out) / f"{system}.log")
+    rows = []
+    try:
+        ready_s = wait_ready(url, proc, 900) if system != "vllm-serve" else _wait_vllm(url, proc)
+        _log(f"{system} ready in {ready_s:.0f} s")
+        for name, files in loads.items():
+            for level in args.concurrency:
+                requests = min(len(files), args.requests_per_level or len(files))
+                result = asyncio.run(
+                    run_load(
+                        f"{url}/v1/audio/transcriptions",
+                        files,
+                        level,
+                        requests,
+                        None,
+                        language="en",
+                        response_format="json",
+                        tokens_per_30s=TOKENS_PER_30S if system == "vllm-serve" else None,
+                    )
+                )
+                result.system = system
+                result.gpu_memory_mib = gpu_memory_used_mib()
+                result.server_peak_rss_mib = tree_peak_rss_mib(proc.pid)
+                row = {**result.summary(), "corpus": name, "server_start_s": round(ready_s, 1)}
+                rows.append(row)
+                _log(json.dumps(row))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return rows
+
+
+def _wait_vllm(url: str, proc: subprocess.Popen[bytes]) -> float:
+    """vLLM's server has /health, not /ready."""
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < 900:
+        if proc.poll() is not None:
+            raise SystemExit(f"vllm serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit("vllm serve did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--tokenizer-src", required=True)
+    parser.add_argument("--checkpoint-script", required=True)
+    parser.add_argument("--system", action="append", choices=["vllm-serve", "whisper-endpoint"], required=True)
+    parser.add_argument("--corpus", action="append", choices=["30s", "5-15s"], help="default: both")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[256])
+    parser.add_argument("--long-count", type=int, default=1024)
+    parser.add_argument("--short-count", type=int, default=2048)
+    parser.add_argument("--requests-per-level", type=int)
+    parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / "large-v3-shape"
+    if not (checkpoint / "config.json").is_file():
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, args.checkpoint_script, args.tokenizer_src, str(checkpoint)], check=True)
+    loads = corpora(Path(args.data), work, args.long_count, args.short_count)
+    loads = {k: v for k, v in loads.items() if not args.corpus or k in args.corpus}
+    rows = []
+    for system in args.system:
+        rows += run_system(system, checkpoint, loads, args)
+    name = "gpu-http-" + "-".join(args.system)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    print(f"{'system':<18} {'corpus':<7} {'conc':>5} {'reqs':>5} {'err':>4} {'RTFx':>7} {'p50 s':>6} {'p95 s':>6}")
+    for r in rows:
+        print(
+            f"{r['system']:<18} {r['corpus']:<7} {r['concurrency']:>5} {r['requests']:>5} "
+            f"{sum(r['errors'].values()):>4} {r['rtfx'] or 0:>7.1f} {r['p50_s'] or 0:>6.2f} {r['p95_s'] or 0:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

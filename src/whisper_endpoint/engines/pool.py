@@ -1,0 +1,130 @@
+"""Data parallelism on one host: one engine per GPU behind the Engine interface.
+
+Each call's windows go one by one to the engine with the least work outstanding (windows handed to
+it and not yet returned), so a GPU that finishes early takes more; the parts run at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from whisper_endpoint.config import Settings
+from whisper_endpoint.decoding.tokenizer import Tokenizer
+from whisper_endpoint.engines.base import (
+    AlignInput,
+    Alignment,
+    Capabilities,
+    Engine,
+    Generation,
+    SamplingOptions,
+    WindowInput,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EnginePool:
+    name = "pool"
+
+    def __init__(self, engines: Sequence[Engine]) -> None:
+        if not engines:
+            raise ValueError("an engine pool needs at least one engine")
+        first = engines[0]
+        self.engines = list(engines)
+        self.name = f"{first.name} x{len(engines)}"
+        self.model_name: str = first.model_name
+        self.tokenizer: Tokenizer = first.tokenizer
+        self.n_mels: int = first.n_mels
+        self.multilingual: bool = first.multilingual
+        self.capabilities: Capabilities = first.capabilities
+        self.max_batch_size: int = sum(e.max_batch_size for e in engines)
+        self.outstanding = [0] * len(engines)  # windows handed to each engine and not yet returned
+        self._lock = threading.Lock()
+        self._calls = ThreadPoolExecutor(max_workers=64, thread_name_prefix="engine-pool")
+
+    def _spread(self, items: Sequence[Any], call: Callable[[Engine, list[Any]], list[T]]) -> list[T]:
+        shares: list[list[int]] = [[] for _ in self.engines]
+        with self._lock:
+            for i in range(len(items)):
+                least = min(range(len(self.engines)), key=self.outstanding.__getitem__)
+                shares[least].append(i)
+                self.outstanding[least] += 1
+
+        def run(e: int) -> list[T]:
+            try:
+                return call(self.engines[e], [items[i] for i in shares[e]])
+            finally:
+                with self._lock:
+                    self.outstanding[e] -= len(shares[e])
+
+        used = [e for e in range(len(self.engines)) if shares[e]]
+        # The last share runs in the calling thread: a call served by one engine costs no hand-over.
+        futures = {e: self._calls.submit(run, e) for e in used[:-1]}
+        results = {used[-1]: run(used[-1])} if used else {}
+        results.update({e: f.result() for e, f in futures.items()})
+        out: list[Any] = [None] * len(items)
+        for e in used:
+            for i, result in zip(shares[e], results[e], strict=True):
+                out[i] = result
+        return out
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        return self._spread(windows, lambda engine, part: engine.generate(part, options))
+
+    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
+        return self._spread(windows, lambda engine, part: engine.detect_language(part))
+
+    def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
+        return self._spread(items, lambda engine, part: engine.align(part))
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.close()
+        self._calls.shutdown(wait=False)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or their indices)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d for d in listed.split(",") if d.strip()]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:
+        return []
+
+
+def vllm_pool(settings: Settings) -> Engine:
+    """One vLLM engine per GPU: each engine's worker process sees only its own GPU."""
+    from whisper_endpoint.engines.vllm import VllmEngine
+
+    gpus = visible_gpus()
+    wanted = settings.gpus or len(gpus)
+    if wanted > len(gpus):
+        from whisper_endpoint.errors import EngineUnavailableError
+
+        raise EngineUnavailableError(f"--gpus {wanted} asked for, but {len(gpus)} GPU(s) are visible")
+    if wanted <= 1:
+        return VllmEngine(settings, load_format=settings.load_format)
+    engines: list[Engine] = []
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        for gpu in gpus[:wanted]:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # read by the engine process vLLM starts now
+            log.info("starting vLLM engine %d of %d on GPU %s", len(engines) + 1, wanted, gpu)
+            engines.append(VllmEngine(settings, load_format=settings.load_format))
+    finally:
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+    return EnginePool(engines)

@@ -1,0 +1,64 @@
+"""The load generator against a real server: our server and a "peer" in one run, WER, plot, corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import RunningServer
+from tests.datasets import DATA, clips
+from whisper_endpoint.audio.decode import AudioSource, load_audio
+from whisper_endpoint.bench import add_arguments
+from whisper_endpoint.bench.corpus import durations_s, make_corpus
+
+
+def test_made_corpus_is_unique_flac_of_the_asked_length(tmp_path: Path) -> None:
+    sources = [c.path for c in clips("B_librispeech/test-clean")[:6]]
+    files = make_corpus(sources, tmp_path, count=4, seconds=10.0)
+    assert [f.suffix for f in files] == [".flac"] * 4
+    audio = [load_audio(AudioSource(f)) for f in files]
+    assert all(len(a) == 160_000 for a in audio)
+    assert len({f.read_bytes() for f in files}) == 4  # no two uploads are the same bytes
+    assert all(abs(d - 10.0) < 0.01 for d in durations_s(files).values())
+    # Real speech, barely changed by the dither: the same as the sources laid end to end.
+    speech = np.concatenate([load_audio(AudioSource(s)) for s in sources])[:160_000]
+    assert np.abs(audio[0] - speech).max() < 0.01
+
+
+def test_bench_runs_the_same_load_against_a_peer_and_scores_it(server: RunningServer, tmp_path: Path) -> None:
+    corpus = clips("B_librispeech/test-clean")[:3]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    args = parser.parse_args(
+        [
+            "--url", f"{server.v1}/audio/transcriptions",
+            "--peer", f"same-server-again={server.url}/api/v1/audio/transcriptions",
+            "--corpus", *[str(c.path) for c in corpus],
+            "--references", str(DATA / "MANIFEST.tsv"),
+            "--concurrency", "1", "3",
+            "--language", "en",
+            "--stream",
+            "--output", str(out),
+            "--plot", str(png),
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["system"], r["concurrency"]) for r in rows] == [
+        ("whisper-endpoint", 1),
+        ("same-server-again", 1),
+        ("whisper-endpoint", 3),
+        ("same-server-again", 3),
+    ]
+    expected_audio = sum(c.duration_s for c in corpus)
+    for r in rows:
+        assert r["errors"] == {}
+        assert r["requests"] == 3
+        assert abs(r["audio_s"] - expected_audio) < 0.5
+        assert r["wer_pct"] is not None and r["wer_pct"] < 10
+        assert 0 < r["first_event_p50_s"] <= r["p50_s"]  # streamed: the first event comes before the end
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
