@@ -85,11 +85,13 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"transformers: {out}")
 
     url = f"http://127.0.0.1:{PORT}"
-    proc = serve_vllm(model, (Path(args.out) / "server.log").open("wb"), kv_cache_dtype=args.kv)
+    extra = {"calculate_kv_scales": "true"} if args.calculate_kv_scales else {}
+    proc = serve_vllm(model, (Path(args.out) / "server.log").open("wb"), kv_cache_dtype=args.kv, **extra)
     try:
         out["server_start_s"] = round(wait_ready(url, proc, 600), 1)
         _log(f"server ready in {out['server_start_s']} s")
         out["kv_cache_dtype"] = args.kv
+        out["calculate_kv_scales"] = args.calculate_kv_scales
         for level in (1,) if args.quick else (1, 32):
             out[f"librispeech_c{level}"] = librispeech_load(url, level, passes=1)
             _log(f"LibriSpeech at concurrency {level}: {out[f'librispeech_c{level}']}")
@@ -165,9 +167,11 @@ def speed_one(args: argparse.Namespace) -> dict[str, Any]:
 
     from whisper_endpoint.config import Settings
     from whisper_endpoint.engines.base import SamplingOptions, WindowInput
-    from whisper_endpoint.engines.vllm import VllmEngine
+    from whisper_endpoint.engines.pool import vllm_pool
 
     settings = Settings(
+        gpus=args.gpus,
+        load_format="dummy",
         model=args.model,
         kv_cache_dtype=args.kv,
         max_num_seqs=args.max_num_seqs,
@@ -176,20 +180,21 @@ def speed_one(args: argparse.Namespace) -> dict[str, Any]:
         forced_tokens_per_30s=args.tokens,
     )
     started = time.monotonic()
-    engine = VllmEngine(settings, load_format="dummy")
+    engine = vllm_pool(settings)
     start_s = time.monotonic() - started
     samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
     prompt = tuple(engine.tokenizer.sot_sequence("en", "transcribe", True))
-    window = WindowInput(np.zeros((engine.n_mels, 3000), np.float32), prompt, 30_000, samples)
+    window = WindowInput(None, prompt, 30_000, samples)
     options = SamplingOptions(max_new_tokens=args.tokens, suppress_tokens=())
-    engine.generate([window] * 64, options)  # warm-up
+    engine.generate([window] * 64 * args.gpus, options)  # warm-up
     started = time.monotonic()
     generations = engine.generate([window] * args.windows, options)
     wall = time.monotonic() - started
     engine.close()
     assert all(len(g.tokens) >= args.tokens - 1 for g in generations), "forced lengths were not honoured"
     return {
-        "kv_cache_dtype": engine.settings.kv_cache_dtype,
+        "gpus": args.gpus,
+        "kv_cache_dtype": args.kv,
         "max_num_seqs": args.max_num_seqs,
         "scores": not args.no_scores,
         "windows": args.windows,
@@ -270,6 +275,7 @@ def main() -> None:
     a.add_argument("--data", required=True)
     a.add_argument("--kv", default="auto", help="KV cache dtype (auto: fp8 where the GPU has it)")
     a.add_argument("--quick", action="store_true", help="LibriSpeech at concurrency 1 only")
+    a.add_argument("--calculate-kv-scales", action="store_true", help="fp8 KV scales measured, not 1.0")
     s = sub.add_parser("speed")
     s.add_argument("--tokenizer-src", required=True)
     s.add_argument("--checkpoint-script", required=True)
@@ -294,6 +300,7 @@ def main() -> None:
     o.add_argument("--tokens", type=int, default=100)
     o.add_argument("--no-scores", action="store_true", help="no logprobs or no-speech probability")
     o.add_argument("--offline", action="store_true", help="vLLM's LLM.generate instead of our engine")
+    o.add_argument("--gpus", type=int, default=1, help="engines, one per GPU (our engine only)")
     args = parser.parse_args()
     if args.step == "transformers":
         print(json.dumps(transformers_check(Path(args.model), Path(args.audio))))
@@ -304,6 +311,7 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     result = accuracy(args) if args.step == "accuracy" else speed(args) if args.step == "speed" else http_load(args)
     name = f"gpu-{args.step}" + (f"-{args.kv}" if args.step == "accuracy" and args.kv != "auto" else "")
+    name += "-kv-scales" if getattr(args, "calculate_kv_scales", False) else ""
     (Path(args.out) / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

@@ -107,14 +107,14 @@ def vllm_pool(settings: Settings) -> Engine:
     """One vLLM engine per GPU: each engine's worker process sees only its own GPU."""
     from whisper_endpoint.engines.vllm import VllmEngine
 
+    if settings.gpus == 1:
+        return VllmEngine(settings, load_format=settings.load_format)
     gpus = visible_gpus()
     wanted = settings.gpus or len(gpus)
-    if wanted > len(gpus):
+    if not 1 <= wanted <= len(gpus):
         from whisper_endpoint.errors import EngineUnavailableError
 
-        raise EngineUnavailableError(f"--gpus {wanted} asked for, but {len(gpus)} GPU(s) are visible")
-    if wanted <= 1:
-        return VllmEngine(settings, load_format=settings.load_format)
+        raise EngineUnavailableError(f"--gpus {settings.gpus} asked for, but {len(gpus)} GPU(s) are visible")
     engines: list[Engine] = []
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:

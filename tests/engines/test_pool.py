@@ -1,0 +1,75 @@
+"""The engine pool behind --gpus N, with fake engines of different speeds (no GPU here)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from whisper_endpoint.config import Settings
+from whisper_endpoint.engines.base import Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.pool import EnginePool, vllm_pool
+from whisper_endpoint.errors import EngineUnavailableError
+
+
+class TimedFakeEngine:
+    """Answers each window with its tag after `seconds_per_window`; counts what it served."""
+
+    name = "fake"
+    model_name = "fake"
+    n_mels = 80
+    multilingual = True
+    capabilities = Capabilities(continuous_batching=True)
+    max_batch_size = 16
+    tokenizer = None
+
+    def __init__(self, seconds_per_window: float) -> None:
+        self.delay = seconds_per_window
+        self.served = 0
+        self.lock = threading.Lock()
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        time.sleep(self.delay * len(windows))
+        with self.lock:
+            self.served += len(windows)
+        return [Generation((int(w.prompt[0]),), 0.0, 0.0) for w in windows]
+
+    def close(self) -> None:
+        pass
+
+
+def _windows(first: int, n: int) -> list[WindowInput]:
+    return [WindowInput(None, (first + i,), 1000, np.zeros(16, np.float32)) for i in range(n)]
+
+
+def test_pool_keeps_order_and_gives_the_faster_engine_more_windows() -> None:
+    fast, slow = TimedFakeEngine(0.002), TimedFakeEngine(0.02)
+    pool = EnginePool([fast, slow])  # type: ignore[list-item]
+    assert pool.max_batch_size == 32 and pool.capabilities.continuous_batching
+
+    def caller(k: int) -> list[int]:
+        out = []
+        for round_ in range(5):
+            first = 1000 * k + 100 * round_
+            out += [g.tokens[0] for g in pool.generate(_windows(first, 4), SamplingOptions())]
+        return out
+
+    with ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(caller, range(8)))
+    for k, tokens in enumerate(results):  # every window's answer came back in its place
+        assert tokens == [1000 * k + 100 * r + i for r in range(5) for i in range(4)]
+    assert fast.served + slow.served == 8 * 5 * 4
+    assert slow.served > 0  # both GPUs worked
+    assert fast.served > 2 * slow.served  # windows went where the work drains faster
+    assert pool.outstanding == [0, 0]
+    pool.close()
+
+
+def test_more_gpus_than_visible_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(EngineUnavailableError, match="--gpus 2 asked for, but 1 GPU"):
+        vllm_pool(Settings(engine="vllm", gpus=2))
