@@ -42,7 +42,7 @@ def tree_peak_rss_mib(pid: int) -> float:
     return round(sum(peak_rss_mib(p) or 0.0 for p in pids), 1)
 
 
-def start(system: str, checkpoint: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> subprocess.Popen[bytes]:
     if system == "vllm-serve":
         cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(checkpoint), "--load-format", "dummy"]
         cmd += ["--dtype", "bfloat16", "--max-model-len", "448", "--kv-cache-dtype", "fp8", "--max-num-seqs", "512"]
@@ -50,6 +50,8 @@ def start(system: str, checkpoint: Path, log: Path) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
     else:
         cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(checkpoint)]
+        if profile:  # sampled stacks of every thread, written at exit
+            cmd[1:1] = ["-m", "benchmarks.stack_sampler", str(log.with_suffix(".stacks.txt"))]
         cmd += ["--port", str(PORT)]
         env = {
             **os.environ,
@@ -93,7 +95,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
     from whisper_endpoint.bench import gpu_memory_used_mib, run_load
 
     url = f"http://127.0.0.1:{PORT}"
-    proc = start(system, checkpoint, Path(args.out) / f"{system}.log")
+    proc = start(system, checkpoint, Path(args.out) / f"{system}.log", args.profile)
     rows = []
     try:
         ready_s = wait_ready(url, proc, 900) if system != "vllm-serve" else _wait_vllm(url, proc)
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--long-count", type=int, default=1024)
     parser.add_argument("--short-count", type=int, default=2048)
     parser.add_argument("--requests-per-level", type=int)
+    parser.add_argument("--profile", action="store_true", help="sample our server's thread stacks")
     parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()

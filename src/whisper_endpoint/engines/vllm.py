@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import queue
 import shutil
 import tempfile
@@ -161,11 +162,22 @@ def cuda_capability() -> tuple[int, int] | None:
     return None if capability is None else (int(capability.major), int(capability.minor))
 
 
+def _one_torch_thread() -> None:
+    """vLLM's log-mel runs on torch's CPU kernels in this process, called from many request threads at
+    once: each call spreading over every core would oversubscribe them many times over."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
 def model_folder(model: str, cache_dir: Path) -> Path:
     """A Hugging Face Whisper folder for vLLM: the folder given, or the conversion of a bundled alias or a
     CTranslate2 folder, made once into the cache."""
     path = Path(model).expanduser()
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+    if (path / "config.json").is_file():  # weights in any layout vLLM reads, or none (load_format=dummy)
         return path
     if model not in BUNDLED_ALIASES and not (path / "model.bin").is_file():
         raise EngineUnavailableError(
@@ -233,10 +245,13 @@ class VllmEngine:
         # by any caller join the running batch (continuous batching). Driving the engine directly measured
         # 3x faster than AsyncLLM's asyncio front-end on 30 s windows.
         self._llm = llm
+        _one_torch_thread()
         self._start_driver(llm.llm_engine)
 
     def _start_driver(self, engine: Any) -> None:
         self._engine = engine
+        # Input preparation (vLLM's log-mel) runs in the callers' threads, at most one per core at once.
+        self._preparing = threading.BoundedSemaphore(os.cpu_count() or 1)
         self._tasks = engine.get_supported_tasks()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (prompt, params, future) or _STOP
         self._thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
@@ -291,7 +306,8 @@ class VllmEngine:
         for prompt, p in zip(prompts, params, strict=True):
             future: Future[Any] = Future()
             try:
-                request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
+                with self._preparing:
+                    request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
             except Exception as exc:  # a bad input fails its own window only
                 future.set_exception(exc)
             else:
