@@ -46,7 +46,7 @@ def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> su
     if system == "vllm-serve":
         cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(checkpoint), "--load-format", "dummy"]
         cmd += ["--dtype", "bfloat16", "--max-model-len", "448", "--kv-cache-dtype", "fp8", "--max-num-seqs", "512"]
-        cmd += ["--gpu-memory-utilization", "0.9", "--port", str(PORT)]
+        cmd += ["--gpu-memory-utilization", "0.9", "--port", str(PORT), "--served-model-name", "whisper-1"]
         env = dict(os.environ)
     else:
         cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(checkpoint)]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 INTERVAL_S = 0.005
+DEPTH = 4  # frames kept per sample, innermost first
 
 
 def _group(name: str) -> str:
@@ -42,8 +43,13 @@ def main() -> None:
                     continue
                 group = _group(names.get(ident, "?"))
                 samples[group] += 1
-                code = frame.f_code
-                counts[(group, f"{code.co_name} {Path(code.co_filename).name}:{frame.f_lineno}")] += 1
+                where = []
+                for _ in range(DEPTH):
+                    if frame is None:
+                        break
+                    where.append(f"{frame.f_code.co_name} {Path(frame.f_code.co_filename).name}:{frame.f_lineno}")
+                    frame = frame.f_back
+                counts[(group, " < ".join(where))] += 1
 
     def write() -> None:
         lines = [f"{'samples':>8}  thread group: innermost frame"]

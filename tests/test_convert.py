@@ -58,3 +58,8 @@ def test_tiny_en_converts_to_the_hugging_face_layout(tmp_path: Path) -> None:
     assert generation["eos_token_id"] == tokenizer.token_to_id("<|endoftext|>")
     assert generation["task_to_id"]["transcribe"] == tokenizer.token_to_id("<|transcribe|>")
     assert json.loads((out / "preprocessor_config.json").read_text())["feature_size"] == 80
+    # The vLLM engine suppresses the same non-speech symbols as CTranslate2 (suppress_tokens=-1).
+    from whisper_endpoint.engines.vllm import model_suppress_tokens
+
+    ct2_suppress = json.loads((src / "config.json").read_text())["suppress_ids"]
+    assert len(ct2_suppress) > 50 and model_suppress_tokens(out) == tuple(ct2_suppress)

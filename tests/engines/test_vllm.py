@@ -64,7 +64,10 @@ def test_sampling_arguments() -> None:
     greedy = sampling_kwargs(SamplingOptions(suppress_tokens=(-1, 50, 7)), prompt_len=40)
     assert greedy["temperature"] == 0.0 and greedy["max_tokens"] == 224
     assert greedy["skip_special_tokens"] is False and greedy["logprobs"] == 0 and greedy["prompt_logprobs"] == 1
-    assert greedy["logit_bias"] == {50: -100.0, 7: -100.0}
+    assert greedy["logit_bias"] == {7: -100.0, 50: -100.0}
+    model_list = sampling_kwargs(SamplingOptions(suppress_tokens=(-1, 50)), prompt_len=4, model_suppress=(1, 2, 50))
+    assert model_list["logit_bias"] == {1: -100.0, 2: -100.0, 50: -100.0}  # -1: the model's own list
+    assert "logit_bias" not in sampling_kwargs(SamplingOptions(suppress_tokens=()), prompt_len=4, model_suppress=(1,))
     long_prompt = sampling_kwargs(SamplingOptions(temperature=0.4), prompt_len=300)
     assert long_prompt["max_tokens"] == 448 - 300 and long_prompt["temperature"] == 0.4
     forced = sampling_kwargs(SamplingOptions(max_new_tokens=224), prompt_len=4, forced_tokens=100)

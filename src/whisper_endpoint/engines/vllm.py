@@ -92,10 +92,15 @@ def engine_prompt(window: WindowInput) -> dict[str, Any]:
 
 
 def sampling_kwargs(
-    options: SamplingOptions, prompt_len: int, forced_tokens: int | None = None, scores: bool = True
+    options: SamplingOptions,
+    prompt_len: int,
+    forced_tokens: int | None = None,
+    scores: bool = True,
+    model_suppress: Sequence[int] = (),
 ) -> dict[str, Any]:
     """SamplingParams arguments for one window: logprobs of the sampled tokens, and of the token after
-    <|startoftranscript|> (prompt_logprobs) for the no-speech probability."""
+    <|startoftranscript|> (prompt_logprobs) for the no-speech probability. A -1 among the tokens to
+    suppress stands for the model's own list (`model_suppress`), as in openai/whisper."""
     max_tokens = max(1, min(options.max_new_tokens, MAX_MODEL_LEN - prompt_len))
     kwargs: dict[str, Any] = {
         "temperature": options.temperature,
@@ -105,7 +110,9 @@ def sampling_kwargs(
         "skip_special_tokens": False,
         "detokenize": False,
     }
-    suppress = [t for t in options.suppress_tokens if t >= 0]
+    suppress = sorted({t for t in options.suppress_tokens if t >= 0})
+    if -1 in options.suppress_tokens:
+        suppress = sorted({*suppress, *model_suppress})
     if suppress:
         kwargs["logit_bias"] = {t: SUPPRESS_BIAS for t in suppress}
     if forced_tokens is not None:  # speed runs with dummy weights: the window decodes exactly this many
@@ -160,6 +167,15 @@ def cuda_capability() -> tuple[int, int] | None:
     except Exception:
         return None
     return None if capability is None else (int(capability.major), int(capability.minor))
+
+
+def model_suppress_tokens(folder: Path) -> tuple[int, ...]:
+    """The checkpoint's `suppress_tokens` (non-speech symbols), from its generation or model config."""
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        if path.is_file() and (tokens := json.loads(path.read_text()).get("suppress_tokens")):
+            return tuple(int(t) for t in tokens)
+    return ()
 
 
 def _one_torch_thread() -> None:
@@ -224,6 +240,7 @@ class VllmEngine:
         self.max_batch_size = chosen.max_num_seqs
         self.settings = chosen
         self.forced_tokens_per_30s = settings.forced_tokens_per_30s
+        self.model_suppress = model_suppress_tokens(folder)
         self.scores = settings.vllm_scores
         llm = LLM(
             model=str(folder),
@@ -318,7 +335,9 @@ class VllmEngine:
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         if options.beam_size > 1:
             raise UnsupportedFeatureError("the vllm engine has no beam search", param="beam_size")
-        kwargs = [sampling_kwargs(options, len(w.prompt), self._forced(w), self.scores) for w in windows]
+        kwargs = [
+            sampling_kwargs(options, len(w.prompt), self._forced(w), self.scores, self.model_suppress) for w in windows
+        ]
         outputs = self._submit([engine_prompt(w) for w in windows], kwargs)
         generations = []
         for window, output in zip(windows, outputs, strict=True):
