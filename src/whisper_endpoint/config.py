@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(3600.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
     worker_threads: int = Field(0, ge=0, description="Requests decoding audio at once; 0 = cores.")
+    front_end_processes: int = Field(
+        -1,
+        ge=-1,
+        description="Worker processes that decode uploads and cut them at silences (batched strategy, up to "
+        "30 min of audio): -1 = one per core with an engine that batches on its own (vLLM), none otherwise.",
+    )
 
     # vLLM engine (GPU)
     gpus: int = Field(1, ge=0, description="vLLM engines, one per GPU (data parallel); 0: every visible GPU.")

@@ -17,6 +17,18 @@ class WhisperEndpointError(Exception):
         if code is not None:
             self.code = code
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in front-end worker processes too: keep `param` and `code` across the pickle.
+        return _restore, (type(self), self.message, self.param, self.__dict__.get("code"))
+
+
+def _restore(
+    cls: type[WhisperEndpointError], message: str, param: str | None, code: str | None
+) -> WhisperEndpointError:
+    error = cls.__new__(cls)
+    WhisperEndpointError.__init__(error, message, param=param, code=code)
+    return error
+
 
 class InvalidRequestError(WhisperEndpointError):
     status = 400

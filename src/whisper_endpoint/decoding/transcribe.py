@@ -22,6 +22,7 @@ from whisper_endpoint.errors import UnsupportedFeatureError
 from whisper_endpoint.formats.transcript import Segment, TokenLogprob, Transcript, Word
 
 ProgressCallback = Callable[[int], None]  # absolute ms of audio done
+ChunkSource = Callable[[AudioSource, "RunInfo"], Iterator[AudioChunk]]  # speech chunks; counts info.samples
 SPEECH_PROB = 0.5  # VAD probability that counts a frame as speech
 MIN_LOST_TAIL_MS = 1000  # undecoded audio at a chunk's end worth a second look
 
@@ -74,14 +75,21 @@ def transcribe(
     return Transcript(options.task, info.language or "en", info.duration_ms, segments)
 
 
+def local_speech_chunks(source: AudioSource, info: RunInfo) -> Iterator[AudioChunk]:
+    """Decode and cut into speech chunks here, streaming: memory holds one chunk, not the file."""
+    return iter_speech_chunks(iter(_Counter(info, iter_audio(source))))
+
+
 def iter_segments(
     source: AudioSource,
     engine: Engine,
     options: DecodeOptions,
     info: RunInfo,
     progress: ProgressCallback | None = None,
+    speech_chunks: ChunkSource = local_speech_chunks,
 ) -> Iterator[Segment]:
-    """Segments in audio order as windows finish; `info` holds the language and duration."""
+    """Segments in audio order as windows finish; `info` holds the language and duration. The batched
+    strategy takes its speech chunks from `speech_chunks` (the server may cut them in other processes)."""
     _check_capabilities(engine, options)
     ctx = _Context(engine, options, info)
     if options.prompt:
@@ -96,11 +104,10 @@ def iter_segments(
             )
     elif options.language:
         info.language = options.language
-    blocks = _Counter(info, iter_audio(source))
     if options.strategy == "sequential":
-        yield from _sequential(ctx, blocks, progress)
+        yield from _sequential(ctx, _Counter(info, iter_audio(source)), progress)
     else:
-        yield from _batched(ctx, blocks, progress)
+        yield from _batched(ctx, speech_chunks(source, info), progress)
     if progress:
         progress(info.duration_ms)
 
@@ -145,8 +152,7 @@ def _prompt(ctx: _Context, previous: Sequence[int]) -> tuple[int, ...]:
     return (ctx.engine.tokenizer.sot_prev, *previous[-MAX_PROMPT_TOKENS:], *_sot(ctx))
 
 
-def _batched(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCallback | None) -> Iterator[Segment]:
-    chunks = iter_speech_chunks(iter(blocks))
+def _batched(ctx: _Context, chunks: Iterator[AudioChunk], progress: ProgressCallback | None) -> Iterator[Segment]:
     while group := list(islice(chunks, ctx.options.batch_size)):
         features = [_features(ctx, c.samples) for c in group]
         _detect_language(ctx, features[0], group[0].samples)

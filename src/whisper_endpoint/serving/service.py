@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from whisper_endpoint.audio.decode import AudioSource, probe_duration_s
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
-from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments
+from whisper_endpoint.decoding.transcribe import ChunkSource, RunInfo, iter_segments, local_speech_chunks
 from whisper_endpoint.engines.base import Engine
 from whisper_endpoint.errors import (
     AudioTooLongError,
@@ -25,6 +25,7 @@ from whisper_endpoint.errors import (
     ShuttingDownError,
 )
 from whisper_endpoint.formats.transcript import Segment
+from whisper_endpoint.serving.frontend import MAX_POOLED_AUDIO_S, FrontEndProcesses
 from whisper_endpoint.serving.metrics import Metrics
 from whisper_endpoint.serving.scheduler import ScheduledEngine, Scheduler
 
@@ -58,6 +59,10 @@ class TranscriptionService:
         # front-end work (decode, VAD, log-mel) at once; the others wait for a slot or for the engine.
         self.pool = ThreadPoolExecutor(max_workers=settings.max_inflight_requests, thread_name_prefix="request")
         self.front_end_slots = threading.BoundedSemaphore(settings.worker_threads or os.cpu_count() or 1)
+        processes = settings.front_end_processes
+        if processes < 0:
+            processes = (os.cpu_count() or 1) if engine.capabilities.continuous_batching else 0
+        self.front_end = FrontEndProcesses(processes) if processes else None
         self._lock = threading.Lock()
         self.inflight = 0
         self.queued_audio_s = 0.0
@@ -65,6 +70,8 @@ class TranscriptionService:
         self.draining = False
 
     def close(self) -> None:
+        if self.front_end:
+            self.front_end.close()
         self.scheduler.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -108,7 +115,7 @@ class TranscriptionService:
         def work() -> None:
             try:
                 with slots:
-                    for segment in iter_segments(source, engine, job.options, job.info):
+                    for segment in iter_segments(source, engine, job.options, job.info, None, self._chunker(job)):
                         loop.call_soon_threadsafe(queue.put_nowait, segment)
                         if job.cancelled.is_set():
                             break
@@ -141,6 +148,11 @@ class TranscriptionService:
                 self.metrics.cancelled_requests.inc()
             await asyncio.shield(future)
             self._finish(job, finished)
+
+    def _chunker(self, job: Job) -> ChunkSource:
+        if self.front_end and 0 < job.audio_s <= MAX_POOLED_AUDIO_S:
+            return self.front_end.speech_chunks
+        return local_speech_chunks
 
     def _finish(self, job: Job, completed: bool) -> None:
         elapsed = time.monotonic() - job.started

@@ -66,8 +66,18 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+KEEP_ALIVE_S = 75  # longer than typical client pool idle timeouts
+
+
 def serve(app: FastAPI, host: str, port: int, log_level: str, grace_s: float) -> None:
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=CLOSE_CONNECTIONS_S
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
+        # Clients pool connections (the OpenAI SDK does); closing an idle one after uvicorn's 5 s races
+        # with the client's next request on it, which then fails (seen under load as read errors).
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     DrainingServer(config, app, grace_s).run()

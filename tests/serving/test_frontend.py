@@ -1,0 +1,66 @@
+"""Front-end worker processes: the same chunks and the same transcripts as in-thread decoding, and
+errors that cross the process boundary intact."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from openai import BadRequestError, OpenAI
+
+from tests.conftest import JFK, start_server
+from tests.datasets import DATA, clips
+from whisper_endpoint.audio.chunking import iter_speech_chunks
+from whisper_endpoint.audio.decode import AudioSource, iter_audio
+from whisper_endpoint.config import Settings
+from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+from whisper_endpoint.errors import AudioDecodeError
+from whisper_endpoint.serving.frontend import decode_and_chunk
+
+LONG = DATA / "C_longform" / "earnings22_1_4482311_3_62.flac"
+
+
+def test_worker_chunks_equal_streamed_chunks() -> None:
+    chunks, samples = decode_and_chunk(AudioSource(LONG))
+    streamed = list(iter_speech_chunks(iter_audio(AudioSource(LONG))))
+    assert samples == sum(len(b) for b in iter_audio(AudioSource(LONG)))
+    assert [c.start for c in chunks] == [c.start for c in streamed] and len(chunks) >= 2
+    for ours, theirs in zip(chunks, streamed, strict=True):
+        assert np.array_equal(ours.samples, theirs.samples)
+        assert ours.speech_probs is not None and np.array_equal(ours.speech_probs, theirs.speech_probs)
+
+
+def test_errors_keep_their_param_and_code_across_processes() -> None:
+    error = pickle.loads(pickle.dumps(AudioDecodeError("not audio", param="file", code="custom")))
+    assert type(error) is AudioDecodeError and error.param == "file" and error.code == "custom"
+    assert error.message == "not audio" and error.status == 400
+
+
+def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = [JFK, LONG, clips("B_librispeech/test-clean")[0].path]
+    texts = {}
+    for processes in (0, 2):
+        running, thread = start_server(Settings(model="base", front_end_processes=processes), engine)
+        try:
+            client = OpenAI(base_url=running.v1, api_key="unused", max_retries=0)
+            service = running.server.config.app.state.service  # type: ignore[attr-defined]
+            assert (service.front_end is not None) == (processes > 0)
+            for path in files:
+                with path.open("rb") as f:
+                    result = client.audio.transcriptions.create(
+                        model="whisper-1", file=f, language="en", response_format="verbose_json"
+                    )
+                texts[(processes, path.name)] = (result.text, result.duration)
+            # A FLAC header that says 11 s, then noise: the probe passes, the decode (in a worker) fails.
+            bad = tmp_path / "bad.flac"
+            noise = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+            bad.write_bytes(JFK.read_bytes()[:8000] + noise)
+            with pytest.raises(BadRequestError) as caught, bad.open("rb") as f:
+                client.audio.transcriptions.create(model="whisper-1", file=f)
+            assert caught.value.body["code"] == "invalid_audio"  # type: ignore[index]
+        finally:
+            running.server.should_exit = True
+            thread.join(timeout=30)
+    for path in files:
+        assert texts[(2, path.name)] == texts[(0, path.name)], path.name
