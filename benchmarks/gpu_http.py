@@ -121,6 +121,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 row = {**result.summary(), "corpus": name, "server_start_s": round(ready_s, 1)}
                 rows.append(row)
                 _log(json.dumps(row))
+                (Path(args.out) / f"partial-{system}.json").write_text(json.dumps(rows, indent=2))
     finally:
         proc.terminate()
         try:
@@ -171,10 +172,10 @@ def main() -> None:
     loads = corpora(Path(args.data), work, args.long_count, args.short_count)
     loads = {k: v for k, v in loads.items() if not args.corpus or k in args.corpus}
     rows = []
+    name = "gpu-http-" + "-".join(args.system)
     for system in args.system:
         rows += run_system(system, checkpoint, loads, args)
-    name = "gpu-http-" + "-".join(args.system)
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
+        (out / f"{name}.json").write_text(json.dumps(rows, indent=2))  # kept if a later system fails
     print(f"{'system':<18} {'corpus':<7} {'conc':>5} {'reqs':>5} {'err':>4} {'RTFx':>7} {'p50 s':>6} {'p95 s':>6}")
     for r in rows:
         print(
