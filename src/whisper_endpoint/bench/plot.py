@@ -30,7 +30,7 @@ def plot(results: list[dict[str, Any]], out: Path, title: str = "") -> None:
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

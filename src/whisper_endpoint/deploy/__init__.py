@@ -1,0 +1,1 @@
+"""Ways to run the server beyond one process: Ray Serve (`whisper_endpoint.deploy.ray`)."""
