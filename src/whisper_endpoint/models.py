@@ -56,8 +56,8 @@ def resolve_model(value: str, cache_dir: Path) -> ModelFiles:
         if not path.is_dir():
             raise ModelResolutionError(f"--model {value}: expected a folder, got a file")
         return _describe(path.name, path)
-    if value.count("/") == 1 and not value.startswith((".", "/")):
-        return _describe(value, _download(value, cache_dir))
+    if is_hub_id(value):
+        return _describe(value, download_model(value, cache_dir))
     raise ModelResolutionError(
         f"--model {value!r} is neither a bundled alias ({', '.join(BUNDLED_ALIASES)}), "
         "an existing folder, nor a Hugging Face repo id (owner/name)"
@@ -123,7 +123,11 @@ def _assemble_base(cache_dir: Path) -> Path:
     return target
 
 
-def _download(repo_id: str, cache_dir: Path) -> Path:
+def is_hub_id(value: str) -> bool:
+    return value.count("/") == 1 and not value.startswith((".", "/", "~")) and not Path(value).exists()
+
+
+def download_model(repo_id: str, cache_dir: Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - a core dependency

@@ -82,9 +82,7 @@ def test_killed_replica_is_replaced_and_no_client_hangs(serve_url: str) -> None:
     for t in threads:
         t.start()
     time.sleep(1.0)  # requests in flight on both replicas
-    victim = next(
-        a for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"]
-    )
+    victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"])
     ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
     for t in threads:
         t.join(timeout=300)

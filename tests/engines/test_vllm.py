@@ -26,7 +26,7 @@ from whisper_endpoint.engines.vllm import (
     sampling_kwargs,
     to_generation,
 )
-from whisper_endpoint.errors import EngineUnavailableError
+from whisper_endpoint.errors import EngineUnavailableError, WhisperEndpointError
 
 
 def test_configuration_follows_the_compute_capability() -> None:
@@ -120,9 +120,12 @@ def test_bundled_weights_are_converted_once_for_vllm(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "hf").iterdir()] == ["tiny.en"]  # no temporary folder left
 
 
-def test_clear_errors_without_vllm_or_a_hugging_face_folder(tmp_path: Path) -> None:
+def test_clear_errors_without_vllm_or_a_hugging_face_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(EngineUnavailableError, match="none of them"):
         model_folder(str(tmp_path), tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
+    with pytest.raises(WhisperEndpointError, match=r"could not fetch 'openai/whisper-large-v3'.*offline"):
+        model_folder("openai/whisper-large-v3", tmp_path)
     if not vllm_installed():
         with pytest.raises(EngineUnavailableError, match=r"needs vLLM: pip install 'whisper-endpoint\[gpu\]'"):
             load_engine(Settings(engine="vllm", model=str(tmp_path)))

@@ -28,7 +28,7 @@ from whisper_endpoint.convert import convert
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import AlignInput, Alignment, Capabilities, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
-from whisper_endpoint.models import BUNDLED_ALIASES, resolve_model
+from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
 
 log = logging.getLogger(__name__)
 _STOP: Any = ("stop",)
@@ -190,15 +190,19 @@ def _one_torch_thread() -> None:
 
 
 def model_folder(model: str, cache_dir: Path) -> Path:
-    """A Hugging Face Whisper folder for vLLM: the folder given, or the conversion of a bundled alias or a
-    CTranslate2 folder, made once into the cache."""
+    """A Hugging Face Whisper folder for vLLM: the folder given or fetched from the hub, or the conversion
+    of a bundled alias or a CTranslate2 folder, made once into the cache."""
     path = Path(model).expanduser()
+    if is_hub_id(model):
+        path = download_model(model, cache_dir)  # a clear error offline
+        if not (path / "config.json").is_file() and (path / "model.bin").is_file():
+            model = str(path)  # a CTranslate2 repo: converted below
     if (path / "config.json").is_file():  # weights in any layout vLLM reads, or none (load_format=dummy)
         return path
     if model not in BUNDLED_ALIASES and not (path / "model.bin").is_file():
         raise EngineUnavailableError(
             f"--engine vllm needs a Hugging Face Whisper folder (config.json, safetensors, tokenizer.json), a "
-            f"bundled alias or a CTranslate2 folder; {model!r} is none of them (a hub id: download it first)"
+            f"bundled alias, a hub repo id or a CTranslate2 folder; {model!r} is none of them"
         )
     files = resolve_model(model, cache_dir)
     out = cache_dir / "hf" / files.name
