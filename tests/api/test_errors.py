@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -116,12 +117,36 @@ def test_api_key(engine: CTranslate2Engine) -> None:
 
 
 def test_request_id_echoed_and_temp_files_removed(server: RunningServer) -> None:
-    spool_dirs = [p for p in Path(tempfile.gettempdir()).glob("whisper-endpoint-*") if p.is_dir()]
+    app = server.server.config.app
+    spool_dirs = (
+        [app.state.spool_dir]
+        if app is not None
+        else [p for p in Path(tempfile.gettempdir()).glob("whisper-endpoint-*") if p.is_dir()]
+    )
     response = _post(server, headers={"x-request-id": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     _post(server, file=("bad.mp3", b"\x00" * 5000))
     assert all(not any(d.iterdir()) for d in spool_dirs)
     assert httpx.get(server.url + "/metrics").text.count("whisper_requests_total") > 0
+
+
+def test_uploads_of_a_killed_server_are_removed_at_the_next_start(engine: CTranslate2Engine) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = Path(tempfile.mkdtemp(prefix=f"whisper-endpoint-{int(gone.stdout)}-"))
+    (stale / "upload-x.flac").write_bytes(b"left behind")
+    alive = Path(tempfile.mkdtemp(prefix=f"whisper-endpoint-{os.getpid()}-"))  # a live process's: kept
+    running, thread = start_server(Settings(), engine)
+    try:
+        assert not stale.exists()
+        assert alive.exists()
+        assert running.server.config.app.state.spool_dir.name.startswith(f"whisper-endpoint-{os.getpid()}-")
+    finally:
+        running.server.should_exit = True
+        thread.join(timeout=30)
+        shutil.rmtree(alive, ignore_errors=True)
 
 
 def test_draining_server_answers_503(engine: CTranslate2Engine) -> None:

@@ -3,11 +3,14 @@ the official OpenAI SDK; one replica is killed mid-load."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -45,6 +48,14 @@ def _transcribe(url: str) -> tuple[str, str]:
     with JFK.open("rb") as f:
         raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=f)
     return raw.headers.get("x-serve-replica", ""), raw.parse().text
+
+
+def _alive(spool: Path) -> bool:
+    try:
+        os.kill(int(spool.name.split("-")[2]), 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _running_replicas() -> int:
@@ -94,5 +105,7 @@ def test_killed_replica_is_replaced_and_no_client_hangs(serve_url: str) -> None:
     while _running_replicas() < REPLICAS and time.monotonic() < deadline:
         time.sleep(1)
     assert _running_replicas() == REPLICAS  # Serve replaced the dead replica
+    # The killed replica could not delete its uploads; its replacement did at start-up.
+    assert not [d for d in Path(tempfile.gettempdir()).glob("whisper-endpoint-*-*") if not _alive(d)]
     replicas = {_transcribe(serve_url)[0] for _ in range(12)}
     assert len(replicas) == REPLICAS

@@ -7,6 +7,7 @@ import hmac
 import importlib.resources
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -118,13 +119,32 @@ async def _warm_up(engine: Engine) -> None:
     await asyncio.to_thread(engine.generate, [window], SamplingOptions(max_new_tokens=4))
 
 
+SPOOL_PREFIX = "whisper-endpoint-"  # + the server's pid: a spool whose process is gone can be removed
+
+
+def remove_stale_spools() -> None:
+    """Uploads left by servers that were killed (SIGKILL, a crash) before they could clean up."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid = folder.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by server process %s", folder, pid)
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # alive, or someone else's: not ours to remove
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; the engine is loaded (or the given one used) at start-up, then warmed up."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        spool = Path(tempfile.mkdtemp(prefix="whisper-endpoint-"))
+        remove_stale_spools()
+        spool = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
         app.state.spool_dir = spool
         loaded: Engine = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
         await _warm_up(loaded)

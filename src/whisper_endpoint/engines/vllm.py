@@ -2,7 +2,8 @@
 
 vLLM computes log-mel itself from each window's samples; decoder prompts are built by our tokenizer
 (`<|startofprev|>`, the SOT sequence, timestamps on), and generated timestamp tokens come back raw.
-One thread owns vLLM's engine; callers hand it windows and wait on futures.
+Callers (the request threads) prepare their windows' inputs in parallel, then hand them to the one
+thread that owns vLLM's engine and steps it, and wait on futures: continuous batching across requests.
 """
 
 from __future__ import annotations
