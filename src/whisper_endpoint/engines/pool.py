@@ -46,7 +46,8 @@ class EnginePool:
         self.max_batch_size: int = sum(e.max_batch_size for e in engines)
         self.outstanding = [0] * len(engines)  # windows handed to each engine and not yet returned
         self._lock = threading.Lock()
-        self._calls = ThreadPoolExecutor(max_workers=64, thread_name_prefix="engine-pool")
+        # A thread per share waiting on another engine; created as needed, one per request in flight at most.
+        self._calls = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="engine-pool")
 
     def _spread(self, items: Sequence[Any], call: Callable[[Engine, list[Any]], list[T]]) -> list[T]:
         shares: list[list[int]] = [[] for _ in self.engines]
