@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(64, ge=1)
     request_timeout_s: float = Field(3600.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    metrics_replica: str | None = Field(
+        None, description="A replica label on every metric (set per replica by the Ray Serve deployment)."
+    )
     worker_threads: int = Field(0, ge=0, description="Requests decoding audio at once; 0 = cores.")
     front_end_processes: int = Field(
         -1,

@@ -75,6 +75,35 @@ def test_both_replicas_serve_correct_transcripts(serve_url: str) -> None:
     # The same error envelope as the single-process server.
     bad = httpx.post(f"{serve_url}/v1/audio/transcriptions", files={"file": ("x.wav", b"nope")}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_audio"
+    # Each replica's metrics carry its name, the one its responses carry.
+    scrape = httpx.get(f"{serve_url}/metrics", timeout=30)
+    assert f'whisper_requests_total{{replica="{scrape.headers["x-serve-replica"]}"' in scrape.text
+
+
+def test_every_replica_full_gives_429_with_retry_after(serve_url: str) -> None:
+    """Replicas that admit one request each: of eight at once, the overflow gets 429, never a 5xx."""
+    from whisper_endpoint.deploy.ray import build_app
+
+    args = {"name": "small", "model": "tiny.en", "replicas": "2", "cpu_threads": "1", "cpus_per_replica": "0.5"}
+    serve.run(build_app({**args, "max_inflight_requests": "1"}), name="small", route_prefix="/small")
+    audio = JFK.read_bytes()
+
+    def post(_: int) -> httpx.Response:
+        files = {"file": ("jfk.flac", audio)}
+        return httpx.post(f"{serve_url}/small/v1/audio/transcriptions", files=files, timeout=120)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(post, range(8)))
+    finally:
+        serve.delete("small")
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) <= {200, 429}, codes
+    assert codes[200] >= 2 and codes[429] >= 1, codes
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1
+            assert r.json()["error"]["code"] == "server_overloaded"
 
 
 def test_killed_replica_is_replaced_and_no_client_hangs(serve_url: str) -> None:

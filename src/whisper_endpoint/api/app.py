@@ -139,7 +139,7 @@ def remove_stale_spools() -> None:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; the engine is loaded (or the given one used) at start-up, then warmed up."""
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_replica)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -51,9 +51,10 @@ def _replica_id() -> str:
 
 
 def asgi_app(settings: Settings) -> FastAPI:
-    """The server's app, built in the replica, with a header naming the replica that answered."""
-    app = create_app(settings)
+    """The server's app, built in the replica, with a header naming the replica that answered and the
+    replica's name as a label on its metrics."""
     replica = _replica_id()
+    app = create_app(settings.model_copy(update={"metrics_replica": replica}))
 
     @app.middleware("http")
     async def name_the_replica(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 
+class _WithLabels(Collector):
+    """Every sample of a registry with constant labels added (a replica's name behind a shared proxy)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.registry = registry
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labelled.add_sample(
+                    sample.name, {**self.labels, **sample.labels}, sample.value, sample.timestamp, sample.exemplar
+                )
+            yield labelled
+
+
 class Metrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+    def __init__(self, replica: str | None = None) -> None:
+        r = self.own_registry = CollectorRegistry()
+        self.registry = r
+        if replica:  # what /metrics exposes: the same metrics, each with replica="..."
+            self.registry = CollectorRegistry()
+            self.registry.register(_WithLabels(r, {"replica": replica}))
         self.requests = Counter(
             "whisper_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
