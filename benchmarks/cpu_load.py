@@ -22,10 +22,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 from tests.datasets import Clip, clips, wer
 
-from whisper_endpoint.bench import peak_rss_mib, run_load
+from whisper_endpoint.bench import peak_rss_mib, run_load, wait_ready
 from whisper_endpoint.config import Settings
 from whisper_endpoint.models import resolve_model
 
@@ -37,15 +36,8 @@ def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env={**os.environ, **env},
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("the server did not become ready")
+    wait_ready(f"http://127.0.0.1:{port}", proc, 300)
+    return proc
 
 
 def score(corpus: list[Clip], texts: dict[str, str]) -> float:

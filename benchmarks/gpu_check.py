@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from whisper_endpoint.bench import wait_ready
+
 PORT = 8100
 
 
@@ -45,22 +47,6 @@ def transformers_check(model: Path, audio: Path) -> dict[str, Any]:
 
     text = Tokenizer.from_file(str(model / "tokenizer.json")).decode(ids[0].tolist(), skip_special_tokens=True)
     return {"transformers_jfk_text": text.strip()}
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
-    import httpx
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit("the server did not become ready")
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:

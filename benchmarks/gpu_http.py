@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check import PORT, wait_ready
+from benchmarks.gpu_check import PORT
+from whisper_endpoint.bench import wait_ready
 
 TOKENS_PER_30S = 100
 
@@ -67,10 +68,10 @@ def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> su
 
 
 def corpora(data: Path, work: Path, long_count: int, short_count: int) -> dict[str, list[Path]]:
-    from whisper_endpoint.bench.corpus import make_corpus
+    from whisper_endpoint.bench.corpus import durations_s, make_corpus
 
     clips = sorted((data / "B_librispeech" / "test-clean").glob("*.flac"))
-    short_sources = [c for c in clips if 5 * 16_000 <= _samples(c) <= 15 * 16_000]
+    short_sources = [c for c, seconds in durations_s(clips).items() if 5 <= seconds <= 15]
     out = {}
     for name, sources, count, seconds in (
         ("30s", clips, long_count, 30.0),
@@ -85,12 +86,6 @@ def corpora(data: Path, work: Path, long_count: int, short_count: int) -> dict[s
     return out
 
 
-def _samples(path: Path) -> int:
-    from whisper_endpoint.audio.decode import AudioSource, load_audio
-
-    return len(load_audio(AudioSource(path)))
-
-
 def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args: argparse.Namespace) -> list[Any]:
     from whisper_endpoint.bench import gpu_memory_used_mib, run_load
 
@@ -98,7 +93,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
     proc = start(system, checkpoint, Path(args.out) / f"{system}.log", args.profile)
     rows = []
     try:
-        ready_s = wait_ready(url, proc, 900) if system != "vllm-serve" else _wait_vllm(url, proc)
+        ready_s = wait_ready(url, proc, 900, "/health" if system == "vllm-serve" else "/ready")
         _log(f"{system} ready in {ready_s:.0f} s")
         for name, files in loads.items():
             for level in args.concurrency:
@@ -129,23 +124,6 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
         except subprocess.TimeoutExpired:
             proc.kill()
     return rows
-
-
-def _wait_vllm(url: str, proc: subprocess.Popen[bytes]) -> float:
-    """vLLM's server has /health, not /ready."""
-    import httpx
-
-    started = time.monotonic()
-    while time.monotonic() - started < 900:
-        if proc.poll() is not None:
-            raise SystemExit(f"vllm serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit("vllm serve did not become ready")
 
 
 def main() -> None:

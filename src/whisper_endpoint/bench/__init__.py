@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,24 @@ class Result:
             "gpu_memory_mib": self.gpu_memory_mib,
             "wer_pct": self.wer_pct,
         }
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, path: str = "/ready") -> float:
+    """Seconds until the server started as `proc` answers 200 on `path`; it is killed if it never does."""
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the server did not become ready")
 
 
 def peak_rss_mib(pid: int) -> float | None:

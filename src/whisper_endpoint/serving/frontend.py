@@ -13,26 +13,18 @@ import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
-
-from whisper_endpoint.audio.chunking import AudioChunk, iter_speech_chunks
-from whisper_endpoint.audio.decode import AudioSource, iter_audio
-from whisper_endpoint.decoding.transcribe import RunInfo
+from whisper_endpoint.audio.chunking import AudioChunk
+from whisper_endpoint.audio.decode import AudioSource
+from whisper_endpoint.decoding.transcribe import RunInfo, local_speech_chunks
 
 MAX_POOLED_AUDIO_S = 1800.0  # up to 115 MB of float32 chunks per request in flight
 
 
 def decode_and_chunk(source: AudioSource) -> tuple[list[AudioChunk], int]:
     """The upload's speech chunks and its length in samples (runs in a worker process)."""
-    samples = 0
-
-    def counted() -> Iterator[np.ndarray]:
-        nonlocal samples
-        for block in iter_audio(source):
-            samples += len(block)
-            yield block
-
-    return list(iter_speech_chunks(counted())), samples
+    info = RunInfo()
+    chunks = list(local_speech_chunks(source, info))
+    return chunks, info.samples
 
 
 def _warm_up() -> None:

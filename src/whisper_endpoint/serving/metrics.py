@@ -30,8 +30,7 @@ class _WithLabels(Collector):
 
 class Metrics:
     def __init__(self, replica: str | None = None) -> None:
-        r = self.own_registry = CollectorRegistry()
-        self.registry = r
+        r = self.registry = CollectorRegistry()
         if replica:  # what /metrics exposes: the same metrics, each with replica="..."
             self.registry = CollectorRegistry()
             self.registry.register(_WithLabels(r, {"replica": replica}))
