@@ -2,12 +2,14 @@
 
     python -m benchmarks.gpu_check accuracy --ct2-model DIR --data DIR --out DIR
     python -m benchmarks.gpu_check speed --tokenizer-src DIR --checkpoint-script FILE --out DIR
+    python -m benchmarks.gpu_check dp --gpus 2 --tokenizer-src DIR --checkpoint-script FILE --out DIR
 
 accuracy: converts the CTranslate2 whisper-base in DIR to the Hugging Face layout (`whisper-endpoint
 convert`), checks the conversion with transformers on the JFK clip, serves it with `whisper-endpoint serve
 --engine vllm`, sends JFK and the LibriSpeech test-clean clips through the HTTP API (WER), and runs the
 OpenAI SDK tests against that server. speed: builds whisper-large-v3-shaped checkpoints with no weights and
-times 30 s windows with 100 forced tokens each through the engine interface, per KV-cache setting.
+times 30 s windows with 100 forced tokens each through the engine interface, per KV-cache setting. dp: the
+same windows through one engine and through one engine per GPU (data parallelism, `--gpus N`).
 Each engine runs in its own process so that GPU memory is free for the next.
 """
 
@@ -253,6 +255,25 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     return {"large_v3_shape": runs}
 
 
+def data_parallel(args: argparse.Namespace) -> dict[str, Any]:
+    """The same windows through one engine, then one engine per GPU (`--gpus N`), each run in its own process."""
+    checkpoint = Path(args.work) / "large-v3-shape"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, args.checkpoint_script, args.tokenizer_src, str(checkpoint)], check=True)
+    runs = []
+    for gpus in (1, args.gpus):
+        cmd = [sys.executable, "-m", "benchmarks.gpu_check", "speed-one", "--model", str(checkpoint)]
+        cmd += ["--gpus", str(gpus), "--windows", str(args.windows), "--tokens", "100"]
+        _log(f"data-parallel run: {' '.join(cmd[3:])}")
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"gpus": gpus, "error": 1}
+        _log(json.dumps(row))
+        runs.append(row)
+    if all("rtfx" in r for r in runs):
+        _log(f"{args.gpus} engines / 1 engine: {runs[1]['rtfx'] / runs[0]['rtfx']:.2f}x")
+    return {"data_parallel": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="step", required=True)
@@ -266,7 +287,12 @@ def main() -> None:
     s.add_argument("--tokenizer-src", required=True)
     s.add_argument("--checkpoint-script", required=True)
     s.add_argument("--windows", type=int, default=1024)
-    for p in (a, s):
+    d = sub.add_parser("dp")
+    d.add_argument("--tokenizer-src", required=True)
+    d.add_argument("--checkpoint-script", required=True)
+    d.add_argument("--gpus", type=int, default=2)
+    d.add_argument("--windows", type=int, default=2048)
+    for p in (a, s, d):
         p.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
         p.add_argument("--out", default=".")
     h = sub.add_parser("http")
@@ -295,7 +321,8 @@ def main() -> None:
         print(json.dumps(speed_offline(args) if args.offline else speed_one(args)))
         return
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    result = accuracy(args) if args.step == "accuracy" else speed(args) if args.step == "speed" else http_load(args)
+    steps = {"accuracy": accuracy, "speed": speed, "dp": data_parallel, "http": http_load}
+    result = steps[args.step](args)
     name = f"gpu-{args.step}" + (f"-{args.kv}" if args.step == "accuracy" and args.kv != "auto" else "")
     name += "-kv-scales" if getattr(args, "calculate_kv_scales", False) else ""
     (Path(args.out) / f"{name}.json").write_text(json.dumps(result, indent=2))

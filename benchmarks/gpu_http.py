@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,13 +44,28 @@ def tree_peak_rss_mib(pid: int) -> float:
     return round(sum(peak_rss_mib(p) or 0.0 for p in pids), 1)
 
 
+def windows_decoded(url: str) -> float | None:
+    """Windows our server has handed to its engine so far (the sum of its batch-size histogram)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("whisper_batch_size_sum"))
+
+
+def file_label(system: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", system)
+
+
 def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> subprocess.Popen[bytes]:
     if system == "vllm-serve":
         cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(checkpoint), "--load-format", "dummy"]
         cmd += ["--dtype", "bfloat16", "--max-model-len", "448", "--kv-cache-dtype", "fp8", "--max-num-seqs", "512"]
         cmd += ["--gpu-memory-utilization", "0.9", "--port", str(PORT), "--served-model-name", "whisper-1"]
         env = dict(os.environ)
-    else:
+    else:  # "whisper-endpoint" or "whisper-endpoint:NAME=VALUE,..." with settings of that variant
         cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(checkpoint)]
         if profile:  # sampled stacks of every thread, written at exit
             cmd[1:1] = ["-m", "benchmarks.stack_sampler", str(log.with_suffix(".stacks.txt"))]
@@ -63,6 +79,7 @@ def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> su
             "WHISPER_MAX_INFLIGHT_REQUESTS": "4096",
             "WHISPER_MAX_QUEUED_AUDIO_S": "10000000",
             "WHISPER_LOG_LEVEL": "warning",
+            **dict(pair.split("=", 1) for pair in system.partition(":")[2].split(",") if pair),
         }
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
@@ -90,7 +107,12 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
     from whisper_endpoint.bench import gpu_memory_used_mib, run_load
 
     url = f"http://127.0.0.1:{PORT}"
-    proc = start(system, checkpoint, Path(args.out) / f"{system}.log", args.profile)
+    proc = start(
+        system,
+        checkpoint,
+        Path(args.out) / f"{file_label(system)}.log",
+        args.profile,
+    )
     rows = []
     try:
         ready_s = wait_ready(url, proc, 900, "/health" if system == "vllm-serve" else "/ready")
@@ -98,6 +120,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
         for name, files in loads.items():
             for level in args.concurrency:
                 requests = min(len(files), args.requests_per_level or len(files))
+                windows_before = windows_decoded(url) if system != "vllm-serve" else None
                 result = asyncio.run(
                     run_load(
                         f"{url}/v1/audio/transcriptions",
@@ -114,9 +137,11 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 result.gpu_memory_mib = gpu_memory_used_mib()
                 result.server_peak_rss_mib = tree_peak_rss_mib(proc.pid)
                 row = {**result.summary(), "corpus": name, "server_start_s": round(ready_s, 1)}
+                if windows_before is not None and (windows_after := windows_decoded(url)) is not None:
+                    row["windows_per_request"] = round((windows_after - windows_before) / requests, 3)
                 rows.append(row)
                 _log(json.dumps(row))
-                (Path(args.out) / f"partial-{system}.json").write_text(json.dumps(rows, indent=2))
+                (Path(args.out) / "partial.json").write_text(json.dumps(rows, indent=2))
     finally:
         proc.terminate()
         try:
@@ -131,7 +156,12 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--tokenizer-src", required=True)
     parser.add_argument("--checkpoint-script", required=True)
-    parser.add_argument("--system", action="append", choices=["vllm-serve", "whisper-endpoint"], required=True)
+    parser.add_argument(
+        "--system",
+        action="append",
+        required=True,
+        help="vllm-serve, whisper-endpoint, or whisper-endpoint:WHISPER_X=1,WHISPER_Y=2 (a variant)",
+    )
     parser.add_argument("--corpus", action="append", choices=["30s", "5-15s"], help="default: both")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[256])
     parser.add_argument("--long-count", type=int, default=1024)
@@ -150,15 +180,19 @@ def main() -> None:
     loads = corpora(Path(args.data), work, args.long_count, args.short_count)
     loads = {k: v for k, v in loads.items() if not args.corpus or k in args.corpus}
     rows = []
-    name = "gpu-http-" + "-".join(args.system)
+    if bad := [s for s in args.system if s != "vllm-serve" and not s.startswith("whisper-endpoint")]:
+        parser.error(f"unknown system {bad[0]!r}")
+    name = "gpu-http-" + "-".join(file_label(s) for s in args.system)
     for system in args.system:
         rows += run_system(system, checkpoint, loads, args)
         (out / f"{name}.json").write_text(json.dumps(rows, indent=2))  # kept if a later system fails
-    print(f"{'system':<18} {'corpus':<7} {'conc':>5} {'reqs':>5} {'err':>4} {'RTFx':>7} {'p50 s':>6} {'p95 s':>6}")
+    header = ("corpus", "conc", "reqs", "err", "RTFx", "p50 s", "p95 s", "win/req", "system")
+    print("{:<7} {:>5} {:>5} {:>4} {:>7} {:>6} {:>6} {:>7} {}".format(*header))
     for r in rows:
         print(
-            f"{r['system']:<18} {r['corpus']:<7} {r['concurrency']:>5} {r['requests']:>5} "
-            f"{sum(r['errors'].values()):>4} {r['rtfx'] or 0:>7.1f} {r['p50_s'] or 0:>6.2f} {r['p95_s'] or 0:>6.2f}"
+            f"{r['corpus']:<7} {r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>4} "
+            f"{r['rtfx'] or 0:>7.1f} {r['p50_s'] or 0:>6.2f} {r['p95_s'] or 0:>6.2f} "
+            f"{r.get('windows_per_request') or 0:>7.2f} {r['system']}"
         )
 
 

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
 
     # vLLM engine (GPU)
     gpus: int = Field(1, ge=0, description="vLLM engines, one per GPU (data parallel); 0: every visible GPU.")
+    engine_process: bool = Field(
+        True,
+        description="Each vLLM engine in a process of its own: its input and output processing get their own "
+        "interpreter instead of sharing the server's.",
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(256, ge=1)
     kv_cache_dtype: str = Field("auto", description="auto: fp8 on compute capability >= 8.9.")

@@ -105,11 +105,13 @@ def visible_gpus() -> list[str]:
 
 
 def vllm_pool(settings: Settings) -> Engine:
-    """One vLLM engine per GPU: each engine's worker process sees only its own GPU."""
-    from whisper_endpoint.engines.vllm import VllmEngine
+    """One vLLM engine per GPU, each in a process of its own (`engine_process`) or all in this one; each
+    engine's worker process sees only its own GPU."""
+    from whisper_endpoint.engines.process import ProcessEngine
+    from whisper_endpoint.engines.vllm import vllm_engine
 
     if settings.gpus == 1:
-        return VllmEngine(settings, load_format=settings.load_format)
+        return ProcessEngine(vllm_engine, settings) if settings.engine_process else vllm_engine(settings)
     gpus = visible_gpus()
     wanted = settings.gpus or len(gpus)
     if not 1 <= wanted <= len(gpus):
@@ -119,10 +121,18 @@ def vllm_pool(settings: Settings) -> Engine:
     engines: list[Engine] = []
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
+        # One after the other: the first compiles, the rest start from its compilation cache.
         for gpu in gpus[:wanted]:
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # read by the engine process vLLM starts now
             log.info("starting vLLM engine %d of %d on GPU %s", len(engines) + 1, wanted, gpu)
-            engines.append(VllmEngine(settings, load_format=settings.load_format))
+            if settings.engine_process:
+                engines.append(ProcessEngine(vllm_engine, settings, env={"CUDA_VISIBLE_DEVICES": gpu}))
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # read by the engine process vLLM starts now
+                engines.append(vllm_engine(settings))
+    except BaseException:
+        for engine in engines:
+            engine.close()
+        raise
     finally:
         if previous is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)

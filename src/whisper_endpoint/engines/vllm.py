@@ -216,6 +216,11 @@ def model_folder(model: str, cache_dir: Path) -> Path:
     return out
 
 
+def vllm_engine(settings: Settings) -> VllmEngine:
+    """The engine factory for this process or an engine process of its own."""
+    return VllmEngine(settings, load_format=settings.load_format)
+
+
 class VllmEngine:
     name = "vllm"
     capabilities = Capabilities(

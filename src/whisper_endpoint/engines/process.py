@@ -1,0 +1,204 @@
+"""An engine in a process of its own, called through a pipe.
+
+vLLM's input processing (its log-mel) and output processing run in the Python process that owns the
+engine. Two engines in one process share one interpreter lock: two H100s gave 1.39x one GPU that way
+(docs/benchmarks.md). In a process each, the server process only ships windows (samples and prompt) and
+gets tokens back. Calls are concurrent: each runs in a thread of the engine process, as it would here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from whisper_endpoint.config import Settings
+from whisper_endpoint.decoding.tokenizer import Tokenizer
+from whisper_endpoint.engines.base import (
+    AlignInput,
+    Alignment,
+    Capabilities,
+    Engine,
+    Generation,
+    SamplingOptions,
+    WindowInput,
+)
+from whisper_endpoint.errors import EngineUnavailableError
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Settings], Engine]  # a module-level function, so the engine process can import it
+MAX_WINDOWS_PER_MESSAGE = 16  # a large call goes in parts, so the engine starts on the first while the rest travel
+CLOSE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class _Description:
+    name: str
+    model_name: str
+    tokenizer: Tokenizer
+    n_mels: int
+    multilingual: bool
+    capabilities: Capabilities
+    max_batch_size: int
+    pid: int
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # some library errors do not pickle: keep their text
+        return EngineUnavailableError(f"{type(exc).__name__}: {exc}")
+
+
+def _serve(conn: Connection, factory: EngineFactory, settings: Settings, env: dict[str, str], log_level: int) -> None:
+    """The engine process: build the engine, then run each call that arrives in a thread of its own."""
+    os.environ.update(env)  # before the engine starts anything that reads it (CUDA_VISIBLE_DEVICES)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine = factory(settings)
+    except BaseException as exc:
+        conn.send(("failed", _picklable(exc)))
+        return
+    description = _Description(
+        engine.name,
+        engine.model_name,
+        engine.tokenizer,
+        engine.n_mels,
+        engine.multilingual,
+        engine.capabilities,
+        engine.max_batch_size,
+        os.getpid(),
+    )
+    conn.send(("ready", description))
+    sending = threading.Lock()
+
+    def run(call_id: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            reply: tuple[Any, ...] = (call_id, "ok", getattr(engine, method)(*args))
+        except BaseException as exc:
+            reply = (call_id, "error", _picklable(exc))
+        with sending:
+            conn.send(reply)
+
+    with ThreadPoolExecutor(max_workers=1024, thread_name_prefix="engine-call") as calls:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the server process is gone
+                break
+            if message is None:
+                break
+            calls.submit(run, *message)
+        engine.close()
+
+
+class ProcessEngine:
+    """The Engine interface for an engine built by `factory(settings)` in a spawned process."""
+
+    def __init__(self, factory: EngineFactory, settings: Settings, env: dict[str, str] | None = None) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
+        self._conn, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_serve,
+            args=(child_end, factory, settings, env or {}, logging.getLogger().getEffectiveLevel()),
+            name="whisper-engine",
+        )
+        self._process.start()
+        child_end.close()
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self._process.join(timeout=5)
+            raise EngineUnavailableError(
+                f"the engine process ended while starting (exit code {self._process.exitcode})"
+            ) from None
+        if status == "failed":
+            self._process.join(timeout=CLOSE_TIMEOUT_S)
+            raise payload
+        d: _Description = payload
+        self.name = d.name
+        self.model_name = d.model_name
+        self.tokenizer = d.tokenizer
+        self.n_mels = d.n_mels
+        self.multilingual = d.multilingual
+        self.capabilities = d.capabilities
+        self.max_batch_size = d.max_batch_size
+        self.pid = d.pid
+        self._ids = itertools.count()
+        self._pending: dict[int, Future[Any]] = {}
+        self._lock = threading.Lock()  # guards _pending, _closed and sending
+        self._closed = False
+        self._receiver = threading.Thread(target=self._receive, name="engine-replies", daemon=True)
+        self._receiver.start()
+        log.info("engine %s runs in process %d", self.name, self.pid)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                call_id, status, payload = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                future = self._pending.pop(call_id, None)
+            if future is None:
+                continue
+            if status == "ok":
+                future.set_result(payload)
+            else:
+                future.set_exception(payload)
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_exception(EngineUnavailableError("the engine process ended; the request can be retried"))
+
+    def _send(self, method: str, args: tuple[Any, ...]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise EngineUnavailableError("the engine process has ended")
+            call_id = next(self._ids)
+            self._pending[call_id] = future
+            try:
+                self._conn.send((call_id, method, args))
+            except (OSError, ValueError) as exc:
+                self._pending.pop(call_id, None)
+                raise EngineUnavailableError("the engine process has ended") from exc
+        return future
+
+    def _call(self, method: str, items: Sequence[Any], *rest: Any) -> list[Any]:
+        parts = [items[i : i + MAX_WINDOWS_PER_MESSAGE] for i in range(0, len(items), MAX_WINDOWS_PER_MESSAGE)]
+        futures = [self._send(method, (list(part), *rest)) for part in parts]
+        return [result for future in futures for result in future.result()]
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        return self._call("generate", windows, options)
+
+    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
+        return self._call("detect_language", windows)
+
+    def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
+        return self._call("align", items)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(OSError, ValueError):  # already gone
+                    self._conn.send(None)
+        self._process.join(timeout=CLOSE_TIMEOUT_S)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=10)
+        self._conn.close()
+        self._receiver.join(timeout=5)

@@ -1,0 +1,159 @@
+"""Engines in processes of their own: the real CTranslate2 engine with tiny.en behind a pipe, and a slow
+fake engine for what happens when that process dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.conftest import JFK, JFK_TEXT, start_server
+from tests.datasets import english_normalizer
+from whisper_endpoint.audio.decode import AudioSource
+from whisper_endpoint.config import Settings
+from whisper_endpoint.decoding.options import DecodeOptions
+from whisper_endpoint.decoding.transcribe import transcribe
+from whisper_endpoint.engines import load_engine
+from whisper_endpoint.engines.base import Capabilities, Engine, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+from whisper_endpoint.engines.pool import EnginePool
+from whisper_endpoint.engines.process import ProcessEngine
+from whisper_endpoint.errors import EngineUnavailableError, ModelResolutionError
+
+TINY = Settings(model="tiny.en", engine="ctranslate2")
+
+
+@pytest.fixture(scope="module")
+def tiny_process() -> Iterator[ProcessEngine]:
+    engine = ProcessEngine(load_engine, TINY)
+    yield engine
+    engine.close()
+
+
+def test_transcripts_through_the_pipe_equal_those_in_process(
+    tiny_process: ProcessEngine, tiny_engine: CTranslate2Engine
+) -> None:
+    assert tiny_process.pid != os.getpid()
+    assert (tiny_process.name, tiny_process.model_name) == (tiny_engine.name, tiny_engine.model_name)
+    assert tiny_process.tokenizer.eot == tiny_engine.tokenizer.eot
+    normalizer = english_normalizer()
+    options = DecodeOptions(language="en", word_timestamps=True)  # generate and align both cross the pipe
+    there = transcribe(AudioSource(JFK), tiny_process, options)
+    here = transcribe(AudioSource(JFK), tiny_engine, options)
+    assert normalizer(there.text) == normalizer(JFK_TEXT)
+    assert [(s.start_ms, s.end_ms, s.text) for s in there.segments] == [
+        (s.start_ms, s.end_ms, s.text) for s in here.segments
+    ]
+    assert [w.start_ms for s in there.segments for w in s.words] == [w.start_ms for s in here.segments for w in s.words]
+
+
+def test_concurrent_calls_and_large_calls_keep_their_order(tiny_process: ProcessEngine) -> None:
+    rng = np.random.default_rng(1)
+    prompt = tuple(tiny_process.tokenizer.sot_sequence(None, "transcribe", True))
+    windows = [
+        WindowInput(rng.normal(0, 1, (80, 3000)).astype(np.float32), prompt, 30_000) for _ in range(3)
+    ]  # different noise, different tokens
+    options = SamplingOptions(max_new_tokens=8)
+    alone = [tiny_process.generate([w], options)[0] for w in windows]
+    big = tiny_process.generate(windows * 12, options)  # 36 windows: sent in parts of 16
+    assert big == alone * 12
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: tiny_process.generate([windows[i % 3]], options)[0], range(18)))
+    assert results == [alone[i % 3] for i in range(18)]
+
+
+def test_errors_cross_with_their_type(tiny_process: ProcessEngine) -> None:
+    prompt = tuple(tiny_process.tokenizer.sot_sequence(None, "transcribe", True))
+    with pytest.raises(ValueError, match="log-mel features"):
+        tiny_process.generate([WindowInput(None, prompt, 1000, np.zeros(16_000, np.float32))], SamplingOptions())
+    # the engine process is still serving
+    assert tiny_process.generate([WindowInput(np.zeros((80, 3000), np.float32), prompt)], SamplingOptions())
+
+
+def test_a_failed_start_raises_the_engines_error() -> None:
+    with pytest.raises(ModelResolutionError, match="no-such-model"):
+        ProcessEngine(load_engine, Settings(model="/no-such-model", engine="ctranslate2"))
+
+
+class SlowEngine:
+    """Answers after `seconds` (from a setting otherwise unused here) with its process id as the token."""
+
+    name = "slow"
+    model_name = "slow"
+    n_mels = 80
+    multilingual = False
+    capabilities = Capabilities(continuous_batching=True)
+    max_batch_size = 4
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.tokenizer = CTranslate2Engine.from_settings(TINY).tokenizer
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        time.sleep(self.seconds)
+        return [Generation((os.getpid(),), 0.0, 0.0) for _ in windows]  # which process served it
+
+    def close(self) -> None:
+        pass
+
+
+def slow_engine(settings: Settings) -> Engine:
+    return SlowEngine(settings.request_timeout_s)  # type: ignore[return-value]
+
+
+def test_a_killed_engine_process_fails_calls_in_flight_and_later_ones() -> None:
+    engine = ProcessEngine(slow_engine, Settings(request_timeout_s=30))
+    window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            engine.generate([window], SamplingOptions())
+        except BaseException as exc:
+            errors.append(exc)
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for t in callers:
+        t.start()
+    time.sleep(1.0)
+    os.kill(engine.pid, signal.SIGKILL)
+    for t in callers:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in callers), "a call hung after its engine process died"
+    assert len(errors) == 3 and all(isinstance(e, EngineUnavailableError) for e in errors)
+    assert "retried" in str(errors[0])
+    with pytest.raises(EngineUnavailableError):
+        engine.generate([window], SamplingOptions())
+    engine.close()
+
+
+def test_a_pool_of_engine_processes_spreads_one_call_over_both() -> None:
+    engines = [ProcessEngine(slow_engine, Settings(request_timeout_s=0.1)) for _ in range(2)]
+    pool = EnginePool(engines)  # type: ignore[list-item]
+    try:
+        window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))
+        served_by = [g.tokens[0] for g in pool.generate([window] * 6, SamplingOptions())]
+        assert sorted(served_by) == sorted([engines[0].pid] * 3 + [engines[1].pid] * 3)
+    finally:
+        pool.close()
+
+
+def test_the_server_serves_an_engine_in_its_own_process(tiny_process: ProcessEngine) -> None:
+    from openai import OpenAI
+
+    running, thread = start_server(Settings(model="tiny.en"), tiny_process)  # type: ignore[arg-type]
+    try:
+        client = OpenAI(base_url=running.v1, api_key="unused")
+        with JFK.open("rb") as f:
+            result = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json")
+        assert english_normalizer()(result.text) == english_normalizer()(JFK_TEXT)
+        assert result.segments and result.segments[-1].end == pytest.approx(11.0, abs=1.0)
+    finally:
+        running.server.should_exit = True
+        thread.join(timeout=30)
