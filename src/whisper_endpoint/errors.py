@@ -120,3 +120,12 @@ class EngineUnavailableError(WhisperEndpointError):
     """The requested engine cannot run here (missing package or hardware)."""
 
     code = "engine_unavailable"
+
+
+class EngineFailedError(WhisperEndpointError):
+    """The engine's process died while serving: this instance cannot transcribe until it is restarted
+    (/ready says so), but another instance can take the request."""
+
+    status = 503
+    code = "engine_failed"
+    retry_after_s = 5.0

@@ -24,7 +24,7 @@ from whisper_endpoint.engines.base import Capabilities, Engine, Generation, Samp
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.pool import EnginePool
 from whisper_endpoint.engines.process import ProcessEngine
-from whisper_endpoint.errors import EngineUnavailableError, ModelResolutionError
+from whisper_endpoint.errors import EngineFailedError, ModelResolutionError
 
 TINY = Settings(model="tiny.en", engine="ctranslate2")
 
@@ -107,6 +107,14 @@ def slow_engine(settings: Settings) -> Engine:
     return SlowEngine(settings.request_timeout_s)  # type: ignore[return-value]
 
 
+def wait_until_ended(engine: ProcessEngine) -> None:
+    """The pipe's end reaches the engine's reply thread a moment after the process dies."""
+    deadline = time.monotonic() + 10
+    while engine.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not engine.alive
+
+
 def test_a_killed_engine_process_fails_calls_in_flight_and_later_ones() -> None:
     engine = ProcessEngine(slow_engine, Settings(request_timeout_s=30))
     window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))
@@ -126,20 +134,29 @@ def test_a_killed_engine_process_fails_calls_in_flight_and_later_ones() -> None:
     for t in callers:
         t.join(timeout=10)
     assert not any(t.is_alive() for t in callers), "a call hung after its engine process died"
-    assert len(errors) == 3 and all(isinstance(e, EngineUnavailableError) for e in errors)
-    assert "retried" in str(errors[0])
-    with pytest.raises(EngineUnavailableError):
+    assert len(errors) == 3 and all(isinstance(e, EngineFailedError) for e in errors)
+    assert "retried" in str(errors[0]) and not engine.alive
+    with pytest.raises(EngineFailedError):
         engine.generate([window], SamplingOptions())
     engine.close()
 
 
-def test_a_pool_of_engine_processes_spreads_one_call_over_both() -> None:
+def test_a_pool_of_engine_processes_spreads_one_call_over_both_and_outlives_one() -> None:
     engines = [ProcessEngine(slow_engine, Settings(request_timeout_s=0.1)) for _ in range(2)]
     pool = EnginePool(engines)  # type: ignore[list-item]
+    window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))
     try:
-        window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))
         served_by = [g.tokens[0] for g in pool.generate([window] * 6, SamplingOptions())]
         assert sorted(served_by) == sorted([engines[0].pid] * 3 + [engines[1].pid] * 3)
+        os.kill(engines[0].pid, signal.SIGKILL)
+        wait_until_ended(engines[0])
+        served_by = [g.tokens[0] for g in pool.generate([window] * 4, SamplingOptions())]
+        assert served_by == [engines[1].pid] * 4 and pool.alive
+        os.kill(engines[1].pid, signal.SIGKILL)
+        wait_until_ended(engines[1])
+        assert not pool.alive
+        with pytest.raises(EngineFailedError):
+            pool.generate([window], SamplingOptions())
     finally:
         pool.close()
 
@@ -157,3 +174,26 @@ def test_the_server_serves_an_engine_in_its_own_process(tiny_process: ProcessEng
     finally:
         running.server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_dead_engine_process_makes_the_server_answer_503_and_not_ready() -> None:
+    import httpx
+
+    engine = ProcessEngine(slow_engine, Settings(request_timeout_s=0.01))
+    running, thread = start_server(Settings(model="tiny.en"), engine)  # type: ignore[arg-type]
+    try:
+        assert httpx.get(f"{running.url}/ready").status_code == 200
+        os.kill(engine.pid, signal.SIGKILL)
+        wait_until_ended(engine)
+        ready = httpx.get(f"{running.url}/ready")
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "engine_failed"
+        with JFK.open("rb") as f:
+            response = httpx.post(
+                f"{running.v1}/audio/transcriptions", files={"file": f}, data={"model": "whisper-1"}, timeout=60
+            )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "engine_failed" and response.headers["retry-after"] == "5"
+    finally:
+        running.server.should_exit = True
+        thread.join(timeout=30)
+        engine.close()

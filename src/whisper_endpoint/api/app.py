@@ -37,6 +37,7 @@ from whisper_endpoint.engines import load_engine
 from whisper_endpoint.engines.base import Engine, SamplingOptions, WindowInput
 from whisper_endpoint.errors import (
     AuthenticationError,
+    EngineFailedError,
     NotReadyError,
     ShuttingDownError,
     UploadTooLargeError,
@@ -246,8 +247,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"], responses={503: {"description": "Loading or shutting down."}})
+    not_ready: dict[int | str, dict[str, Any]] = {
+        503: {"description": "Loading, shutting down, or the engine has ended."}
+    }
+
+    @app.get("/ready", tags=["operations"], responses=not_ready)
     async def ready() -> JSONResponse:
+        service = getattr(app.state, "service", None)
+        if service is not None and not getattr(service.engine, "alive", True):
+            return error_response(EngineFailedError("the engine's process has ended; restart this instance"))
         if app.state.ready and not app.state.draining:
             return JSONResponse({"status": "ready", "model": app.state.model_id})
         return error_response(

@@ -24,6 +24,7 @@ from whisper_endpoint.engines.base import (
     SamplingOptions,
     WindowInput,
 )
+from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,11 +50,19 @@ class EnginePool:
         # A thread per share waiting on another engine; created as needed, one per request in flight at most.
         self._calls = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="engine-pool")
 
+    @property
+    def alive(self) -> bool:
+        return any(_alive(e) for e in self.engines)
+
     def _spread(self, items: Sequence[Any], call: Callable[[Engine, list[Any]], list[T]]) -> list[T]:
         shares: list[list[int]] = [[] for _ in self.engines]
+        # An engine whose process died answers at once, so it would always look least busy: leave it out.
+        candidates = [e for e, engine in enumerate(self.engines) if _alive(engine)]
+        if not candidates:
+            raise EngineFailedError("every engine of the pool has ended")
         with self._lock:
             for i in range(len(items)):
-                least = min(range(len(self.engines)), key=self.outstanding.__getitem__)
+                least = min(candidates, key=self.outstanding.__getitem__)
                 shares[least].append(i)
                 self.outstanding[least] += 1
 
@@ -90,6 +99,10 @@ class EnginePool:
         self._calls.shutdown(wait=False)
 
 
+def _alive(engine: Engine) -> bool:
+    return bool(getattr(engine, "alive", True))  # engines in this process live as long as it does
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or their indices)."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -115,8 +128,6 @@ def vllm_pool(settings: Settings) -> Engine:
     gpus = visible_gpus()
     wanted = settings.gpus or len(gpus)
     if not 1 <= wanted <= len(gpus):
-        from whisper_endpoint.errors import EngineUnavailableError
-
         raise EngineUnavailableError(f"--gpus {settings.gpus} asked for, but {len(gpus)} GPU(s) are visible")
     engines: list[Engine] = []
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -32,7 +32,7 @@ from whisper_endpoint.engines.base import (
     SamplingOptions,
     WindowInput,
 )
-from whisper_endpoint.errors import EngineUnavailableError
+from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError, WhisperEndpointError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _picklable(exc: BaseException) -> BaseException:
         pickle.dumps(exc)
         return exc
     except Exception:  # some library errors do not pickle: keep their text
-        return EngineUnavailableError(f"{type(exc).__name__}: {exc}")
+        return WhisperEndpointError(f"{type(exc).__name__}: {exc}")
 
 
 def _serve(conn: Connection, factory: EngineFactory, settings: Settings, env: dict[str, str], log_level: int) -> None:
@@ -143,6 +143,12 @@ class ProcessEngine:
         self._receiver.start()
         log.info("engine %s runs in process %d", self.name, self.pid)
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine process has ended: every call would fail."""
+        with self._lock:
+            return not self._closed
+
     def _receive(self) -> None:
         while True:
             try:
@@ -161,20 +167,20 @@ class ProcessEngine:
             self._closed = True
             pending, self._pending = self._pending, {}
         for future in pending.values():
-            future.set_exception(EngineUnavailableError("the engine process ended; the request can be retried"))
+            future.set_exception(EngineFailedError("the engine process ended; the request can be retried"))
 
     def _send(self, method: str, args: tuple[Any, ...]) -> Future[Any]:
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
-                raise EngineUnavailableError("the engine process has ended")
+                raise EngineFailedError("the engine process has ended")
             call_id = next(self._ids)
             self._pending[call_id] = future
             try:
                 self._conn.send((call_id, method, args))
             except (OSError, ValueError) as exc:
                 self._pending.pop(call_id, None)
-                raise EngineUnavailableError("the engine process has ended") from exc
+                raise EngineFailedError("the engine process has ended") from exc
         return future
 
     def _call(self, method: str, items: Sequence[Any], *rest: Any) -> list[Any]:
