@@ -24,7 +24,7 @@ from typing import Any
 
 from tests.datasets import Clip, clips, wer
 
-from whisper_endpoint.bench import peak_rss_mib, run_load, wait_ready
+from whisper_endpoint.bench import Load, peak_rss_mib, run_load, wait_ready
 from whisper_endpoint.config import Settings
 from whisper_endpoint.models import resolve_model
 
@@ -52,7 +52,7 @@ def ours(corpus: list[Clip], levels: list[int], passes: int, port: int, pack: bo
     try:
         for level in levels:
             result = asyncio.run(
-                run_load(url, [c.path for c in corpus], level, passes * len(corpus), None, language="en")
+                run_load(url, Load([c.path for c in corpus], level, passes * len(corpus), language="en"))
             )
             result.server_peak_rss_mib = peak_rss_mib(proc.pid)
             rows.append({"system": name, **result.summary(), "wer_pct": score(corpus, result.texts)})

@@ -53,7 +53,7 @@ def transformers_check(model: Path, audio: Path) -> dict[str, Any]:
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
-    from whisper_endpoint.bench import run_load
+    from whisper_endpoint.bench import Load, run_load
     from whisper_endpoint.convert import convert
 
     out: dict[str, Any] = {}
@@ -85,7 +85,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"LibriSpeech at concurrency {level}: {out[f'librispeech_c{level}']}")
         if args.quick:
             return out
-        jfk_result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", [jfk], 1, None, None))
+        jfk_result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", Load([jfk], 1)))
         out["jfk_text"] = jfk_result.texts.get(jfk.name)
         env = {
             **os.environ,
@@ -120,12 +120,12 @@ def librispeech_load(url: str, concurrency: int, passes: int) -> dict[str, Any]:
     """The test-clean clips `passes` times through the HTTP API: the load summary and the WER."""
     from tests.datasets import clips, wer
 
-    from whisper_endpoint.bench import run_load
+    from whisper_endpoint.bench import Load, run_load
 
     corpus = clips("B_librispeech/test-clean")
     files = [c.path for c in corpus]
     endpoint = f"{url}/v1/audio/transcriptions"
-    result = asyncio.run(run_load(endpoint, files, concurrency, passes * len(files), None, language="en"))
+    result = asyncio.run(run_load(endpoint, Load(files, concurrency, passes * len(files), language="en")))
     texts = [result.texts.get(c.path.name, "") for c in corpus]
     return {**result.summary(), "wer_pct": round(100 * wer([c.reference for c in corpus], texts), 2)}
 

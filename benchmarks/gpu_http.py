@@ -104,7 +104,7 @@ def corpora(data: Path, work: Path, long_count: int, short_count: int) -> dict[s
 
 
 def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args: argparse.Namespace) -> list[Any]:
-    from whisper_endpoint.bench import gpu_memory_used_mib, run_load
+    from whisper_endpoint.bench import Load, gpu_memory_used_mib, run_load
 
     url = f"http://127.0.0.1:{PORT}"
     proc = start(
@@ -121,18 +121,15 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
             for level in args.concurrency:
                 requests = min(len(files), args.requests_per_level or len(files))
                 windows_before = windows_decoded(url) if system != "vllm-serve" else None
-                result = asyncio.run(
-                    run_load(
-                        f"{url}/v1/audio/transcriptions",
-                        files,
-                        level,
-                        requests,
-                        None,
-                        language="en",
-                        response_format="json",
-                        tokens_per_30s=TOKENS_PER_30S if system == "vllm-serve" else None,
-                    )
+                load = Load(
+                    files,
+                    level,
+                    requests,
+                    language="en",
+                    response_format="json",
+                    tokens_per_30s=TOKENS_PER_30S if system == "vllm-serve" else None,
                 )
+                result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", load))
                 result.system = system
                 result.gpu_memory_mib = gpu_memory_used_mib()
                 result.server_peak_rss_mib = tree_peak_rss_mib(proc.pid)

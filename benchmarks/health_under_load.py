@@ -12,7 +12,7 @@ import httpx
 from tests.datasets import clips
 
 from benchmarks.cpu_load import start_server
-from whisper_endpoint.bench import run_load
+from whisper_endpoint.bench import Load, run_load
 
 PORT = 8799
 CLIENTS = 16
@@ -21,7 +21,7 @@ CLIENTS = 16
 async def measure(url: str) -> None:
     files = [c.path for c in clips("B_librispeech/test-clean")]
     load = asyncio.create_task(
-        run_load(f"{url}/v1/audio/transcriptions", files, CLIENTS, len(files), None, language="en")
+        run_load(f"{url}/v1/audio/transcriptions", Load(files, CLIENTS, len(files), language="en"))
     )
     latencies_ms: list[float] = []
     async with httpx.AsyncClient() as client:

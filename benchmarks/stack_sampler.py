@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 INTERVAL_S = 0.005
 DEPTH = 4  # frames kept per sample, innermost first
@@ -38,9 +39,10 @@ def main() -> None:
         while True:
             time.sleep(INTERVAL_S)
             names = {t.ident: t.name for t in threading.enumerate()}
-            for ident, frame in sys._current_frames().items():
+            for ident, top in sys._current_frames().items():
                 if ident == me:
                     continue
+                frame: FrameType | None = top
                 group = _group(names.get(ident, "?"))
                 samples[group] += 1
                 where = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import free_port
+from whisper_endpoint.bench import wait_ready
 
 
 class ServerProcess:
@@ -50,16 +50,7 @@ def server_process(tmp_dir: Path, model: str = "tiny.en", **env: str) -> Iterato
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "the server exited during start-up"
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_ready(url, proc, 120)
         yield ServerProcess(proc, url)
     finally:
         if proc.poll() is None:

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,15 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, path: 
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
+            raise RuntimeError(f"the server exited with {proc.returncode} during start-up")
         try:
             if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return time.monotonic() - started
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     proc.kill()
-    raise SystemExit("the server did not become ready")
+    raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s")
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -91,32 +92,37 @@ def peak_rss_mib(pid: int) -> float | None:
     return None
 
 
-async def run_load(
-    url: str,
-    files: list[Path],
-    concurrency: int,
-    requests: int | None,
-    duration_s: float | None,
-    model: str = "whisper-1",
-    language: str | None = None,
-    api_key: str | None = None,
-    timeout_s: float = 600,
-    response_format: str = "verbose_json",
-    stream: bool = False,
-    tokens_per_30s: int | None = None,
-) -> Result:
-    """`concurrency` clients posting `files` in turn. Audio seconds come from the files themselves, so
-    any response format (and any server) can be timed; `tokens_per_30s` sends max_completion_tokens
-    in proportion to each file's length (for servers decoding dummy weights to a fixed length)."""
+@dataclass(frozen=True)
+class Load:
+    """What the load generator sends: `concurrency` clients posting `files` in turn, `requests` in all
+    (default: the files once) or for `duration_s`. `tokens_per_30s` sends max_completion_tokens in
+    proportion to each file's length (for servers decoding dummy weights to a fixed length)."""
+
+    files: Sequence[Path]
+    concurrency: int
+    requests: int | None = None
+    duration_s: float | None = None
+    model: str = "whisper-1"
+    language: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 600
+    response_format: str = "verbose_json"
+    stream: bool = False
+    tokens_per_30s: int | None = None
+
+
+async def run_load(url: str, load: Load) -> Result:
+    """Run `load` against `url`. Audio seconds come from the files themselves, so any response format
+    (and any server) can be timed."""
     import httpx
 
-    result = Result(url, concurrency)
-    lengths = durations_s(files)
-    payloads = [(f.name, f.read_bytes(), lengths[f]) for f in files]
-    total = requests if requests is not None else (None if duration_s else len(files))
+    result = Result(url, load.concurrency)
+    lengths = durations_s(load.files)
+    payloads = [(f.name, f.read_bytes(), lengths[f]) for f in load.files]
+    total = load.requests if load.requests is not None else (None if load.duration_s else len(load.files))
     counter = iter(range(sys.maxsize))
     started = time.monotonic()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"Authorization": f"Bearer {load.api_key}"} if load.api_key else {}
 
     def count_error(key: str) -> bool:
         result.errors[key] = result.errors.get(key, 0) + 1
@@ -125,12 +131,12 @@ async def run_load(
     async def post(client: httpx.AsyncClient, name: str, data: bytes, form: dict[str, str]) -> bool:
         t0 = time.monotonic()
         upload = {"file": (name, data)}
-        if not stream:
+        if not load.stream:
             response = await client.post(url, files=upload, data=form, headers=headers)
             if response.status_code != 200:
                 return count_error(str(response.status_code))
             result.latencies_s.append(time.monotonic() - t0)
-            result.texts[name] = response.json().get("text", "") if "json" in response_format else response.text
+            result.texts[name] = response.json().get("text", "") if "json" in load.response_format else response.text
             return True
         parts: list[str] = []
         request = client.build_request("POST", url, files=upload, data=form, headers=headers)
@@ -159,16 +165,16 @@ async def run_load(
             i = next(counter)
             if total is not None and i >= total:
                 return
-            if duration_s is not None and time.monotonic() - started > duration_s:
+            if load.duration_s is not None and time.monotonic() - started > load.duration_s:
                 return
             name, data, seconds = payloads[i % len(payloads)]
-            form = {"model": model, "response_format": response_format}
-            if language:
-                form["language"] = language
-            if stream:
+            form = {"model": load.model, "response_format": load.response_format}
+            if load.language:
+                form["language"] = load.language
+            if load.stream:
                 form["stream"] = "true"
-            if tokens_per_30s:
-                form["max_completion_tokens"] = str(max(1, round(tokens_per_30s * seconds / 30)))
+            if load.tokens_per_30s:
+                form["max_completion_tokens"] = str(max(1, round(load.tokens_per_30s * seconds / 30)))
             result.requests += 1
             try:
                 if await post(client, name, data, form):
@@ -176,9 +182,9 @@ async def run_load(
             except httpx.HTTPError as exc:
                 count_error(type(exc).__name__)
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    limits = httpx.Limits(max_connections=load.concurrency)
+    async with httpx.AsyncClient(timeout=load.timeout_s, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(load.concurrency)))
     result.wall_s = time.monotonic() - started
     return result
 
@@ -245,21 +251,19 @@ def main(args: argparse.Namespace) -> int:
     results = []
     for level in args.concurrency:
         for system, url in systems:  # each level against every system back to back: same machine, same time
-            result = asyncio.run(
-                run_load(
-                    url,
-                    files,
-                    level,
-                    args.requests,
-                    args.duration,
-                    args.model,
-                    args.language,
-                    args.api_key,
-                    response_format=args.response_format,
-                    stream=args.stream,
-                    tokens_per_30s=args.tokens_per_30s,
-                )
+            load = Load(
+                files,
+                level,
+                args.requests,
+                args.duration,
+                args.model,
+                args.language,
+                args.api_key,
+                response_format=args.response_format,
+                stream=args.stream,
+                tokens_per_30s=args.tokens_per_30s,
             )
+            result = asyncio.run(run_load(url, load))
             result.system = system
             result.gpu_memory_mib = gpu_memory_used_mib()
             result.wer_pct = score(result, refs)

@@ -152,7 +152,7 @@ class Scheduler:
             for job in batch:
                 self.metrics.queue_wait.observe(now - job.queued_at)
             try:
-                results = self._run(head.kind, items, head.options)
+                results = self._run(head.kind, items, head.options, self.pack)
             except Exception as exc:  # the engine failed: every request in the batch learns why
                 log.exception("engine call failed")
                 for job in batch:
@@ -165,17 +165,15 @@ class Scheduler:
                 offset += len(job.items)
 
     def run_now(self, kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
-        """One call straight to an engine that batches concurrent calls itself."""
+        """One call straight to an engine that batches concurrent calls itself (no packing: that needs
+        the windows of several requests in one batch formed here)."""
         self.metrics.batch_size.observe(len(items))
-        if kind == "generate":
-            assert options is not None
-            return list(self.engine.generate(items, options))
-        return self._run(kind, list(items), options)
+        return self._run(kind, list(items), options, pack=False)
 
-    def _run(self, kind: str, items: list[Any], options: SamplingOptions | None) -> list[Any]:
+    def _run(self, kind: str, items: list[Any], options: SamplingOptions | None, pack: bool) -> list[Any]:
         if kind == "generate":
             assert options is not None
-            if not self.pack:
+            if not pack:
                 return list(self.engine.generate(items, options))
             results, packed, again = generate_packed(self.engine, items, options)
             self.metrics.packed_windows.inc(packed)

@@ -22,7 +22,6 @@ from whisper_endpoint.errors import (
     AudioTooLongError,
     OverloadedError,
     RequestTimeoutError,
-    ShuttingDownError,
 )
 from whisper_endpoint.formats.transcript import Segment
 from whisper_endpoint.serving.frontend import MAX_POOLED_AUDIO_S, FrontEndProcesses
@@ -67,7 +66,6 @@ class TranscriptionService:
         self.inflight = 0
         self.queued_audio_s = 0.0
         self.throughput = 0.0  # audio seconds per wall second, moving average
-        self.draining = False
 
     def close(self) -> None:
         if self.front_end:
@@ -81,8 +79,6 @@ class TranscriptionService:
 
     def admit(self, job: Job) -> None:
         """Refuse (429) when the queue of audio or of requests is full; otherwise count the job in."""
-        if self.draining:
-            raise ShuttingDownError("the server is shutting down")
         duration = probe_duration_s(job.source)
         if duration is not None and duration > self.settings.max_audio_duration_s:
             raise AudioTooLongError(

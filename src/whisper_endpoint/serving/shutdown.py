@@ -17,11 +17,8 @@ CLOSE_CONNECTIONS_S = 5  # after the drain: time for idle keep-alive connections
 
 
 def begin_drain(app: FastAPI) -> None:
-    """From now on /ready and new transcription requests answer 503."""
+    """From now on /ready and new transcription requests answer 503 (the app's gatekeeper reads the flag)."""
     app.state.draining = True
-    service = getattr(app.state, "service", None)
-    if service is not None:
-        service.draining = True
 
 
 def inflight_requests(app: FastAPI) -> int:
