@@ -115,6 +115,18 @@ def wait_until_ended(engine: ProcessEngine) -> None:
     assert not engine.alive
 
 
+def test_ctrl_c_leaves_the_engine_process_to_the_server() -> None:
+    engine = ProcessEngine(slow_engine, Settings(request_timeout_s=0.01))
+    try:
+        window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))
+        os.kill(engine.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends every process of the group
+        assert [g.tokens[0] for g in engine.generate([window], SamplingOptions())] == [engine.pid]
+        assert engine.alive
+    finally:
+        engine.close()
+    assert not engine.alive
+
+
 def test_a_killed_engine_process_fails_calls_in_flight_and_later_ones() -> None:
     engine = ProcessEngine(slow_engine, Settings(request_timeout_s=30))
     window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +64,9 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def _serve(conn: Connection, factory: EngineFactory, settings: Settings, env: dict[str, str], log_level: int) -> None:
     """The engine process: build the engine, then run each call that arrives in a thread of its own."""
+    # Ctrl-C reaches every process of the terminal's group; the server drains on it and closes this
+    # process when done, so the engine must outlive the signal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)  # before the engine starts anything that reads it (CUDA_VISIBLE_DEVICES)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
