@@ -32,7 +32,9 @@ def serve_url() -> Iterator[str]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app({"model": "tiny.en", "replicas": str(REPLICAS), "cpu_threads": "1", "cpus_per_replica": "1"})
+        # One front-end worker process per replica: what the GPU deployment runs by default, spawned in an actor.
+        args = {"model": "tiny.en", "replicas": str(REPLICAS), "cpu_threads": "1", "cpus_per_replica": "1"}
+        app = build_app({**args, "front_end_processes": "1"})
         serve.run(app, name="whisper", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
