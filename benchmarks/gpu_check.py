@@ -159,6 +159,7 @@ def speed_one(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = Settings(
         gpus=args.gpus,
+        engine_cpu_split=args.cpu_split,
         load_format="dummy",
         model=args.model,
         kv_cache_dtype=args.kv,
@@ -182,6 +183,7 @@ def speed_one(args: argparse.Namespace) -> dict[str, Any]:
     assert all(len(g.tokens) >= args.tokens - 1 for g in generations), "forced lengths were not honoured"
     return {
         "gpus": args.gpus,
+        "cpu_split": args.cpu_split,
         "kv_cache_dtype": args.kv,
         "max_num_seqs": args.max_num_seqs,
         "scores": not args.no_scores,
@@ -256,21 +258,24 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def data_parallel(args: argparse.Namespace) -> dict[str, Any]:
-    """The same windows through one engine, then one engine per GPU (`--gpus N`), each run in its own process."""
+    """The same windows through one engine, then one engine per GPU (`--gpus N`), then that again with the
+    host's cores split between the engines; each run in a process of its own."""
     checkpoint = Path(args.work) / "large-v3-shape"
     checkpoint.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, args.checkpoint_script, args.tokenizer_src, str(checkpoint)], check=True)
     runs = []
-    for gpus in (1, args.gpus):
+    for gpus, split in ((1, False), (args.gpus, False), (args.gpus, True)):
         cmd = [sys.executable, "-m", "benchmarks.gpu_check", "speed-one", "--model", str(checkpoint)]
         cmd += ["--gpus", str(gpus), "--windows", str(args.windows), "--tokens", "100"]
+        cmd += ["--cpu-split"] if split else []
         _log(f"data-parallel run: {' '.join(cmd[3:])}")
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"gpus": gpus, "error": 1}
+        row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"gpus": gpus, "cpu_split": split, "error": 1}
         _log(json.dumps(row))
         runs.append(row)
-    if all("rtfx" in r for r in runs):
-        _log(f"{args.gpus} engines / 1 engine: {runs[1]['rtfx'] / runs[0]['rtfx']:.2f}x")
+    for run in runs[1:]:
+        if "rtfx" in run and "rtfx" in runs[0]:
+            _log(f"{args.gpus} engines (cpu split {run['cpu_split']}) / 1: {run['rtfx'] / runs[0]['rtfx']:.2f}x")
     return {"data_parallel": runs}
 
 
@@ -313,6 +318,7 @@ def main() -> None:
     o.add_argument("--no-scores", action="store_true", help="no logprobs or no-speech probability")
     o.add_argument("--offline", action="store_true", help="vLLM's LLM.generate instead of our engine")
     o.add_argument("--gpus", type=int, default=1, help="engines, one per GPU (our engine only)")
+    o.add_argument("--cpu-split", action="store_true", help="each engine process on its own share of the cores")
     args = parser.parse_args()
     if args.step == "transformers":
         print(json.dumps(transformers_check(Path(args.model), Path(args.audio))))

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="Each vLLM engine in a process of its own: its input and output processing get their own "
         "interpreter instead of sharing the server's.",
     )
+    engine_cpu_split: bool = Field(
+        False,
+        description="With --gpus N and engine processes: each engine process (and vLLM's engine core under it) "
+        "gets its own equal share of this host's cores, so engines do not compete for them.",
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(256, ge=1)
     kv_cache_dtype: str = Field("auto", description="auto: fp8 on compute capability >= 8.9.")

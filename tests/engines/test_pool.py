@@ -12,7 +12,7 @@ import pytest
 
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.base import Capabilities, Generation, SamplingOptions, WindowInput
-from whisper_endpoint.engines.pool import EnginePool, vllm_pool
+from whisper_endpoint.engines.pool import EnginePool, split_cpus, vllm_pool
 from whisper_endpoint.errors import EngineUnavailableError
 
 
@@ -73,3 +73,9 @@ def test_more_gpus_than_visible_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     with pytest.raises(EngineUnavailableError, match="--gpus 2 asked for, but 1 GPU"):
         vllm_pool(Settings(engine="vllm", gpus=2))
+
+
+def test_cpus_split_into_equal_contiguous_shares() -> None:
+    assert split_cpus(set(range(32)), 2) == [frozenset(range(16)), frozenset(range(16, 32))]
+    assert split_cpus({0, 1, 2, 5, 6}, 2) == [frozenset({0, 1}), frozenset({2, 5, 6})]
+    assert split_cpus({3}, 2) == [None, None]  # too few to split: every engine may use all

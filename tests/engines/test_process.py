@@ -127,6 +127,17 @@ def test_ctrl_c_leaves_the_engine_process_to_the_server() -> None:
     assert not engine.alive
 
 
+def test_an_engine_process_runs_on_the_cpus_it_was_given() -> None:
+    ours = os.sched_getaffinity(0)
+    first = min(ours)
+    engine = ProcessEngine(slow_engine, Settings(request_timeout_s=0.01), cpus=frozenset({first}))
+    try:
+        assert os.sched_getaffinity(engine.pid) == {first}
+        assert os.sched_getaffinity(0) == ours  # the server process keeps every core
+    finally:
+        engine.close()
+
+
 def test_a_killed_engine_process_fails_calls_in_flight_and_later_ones() -> None:
     engine = ProcessEngine(slow_engine, Settings(request_timeout_s=30))
     window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))

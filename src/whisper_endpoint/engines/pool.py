@@ -99,6 +99,15 @@ class EnginePool:
         self._calls.shutdown(wait=False)
 
 
+def split_cpus(cpus: set[int], parts: int) -> list[frozenset[int] | None]:
+    """`cpus` in `parts` contiguous shares of (nearly) equal size; None for all when there are too few."""
+    ordered = sorted(cpus)
+    if len(ordered) < parts:
+        return [None] * parts
+    bounds = [len(ordered) * i // parts for i in range(parts + 1)]
+    return [frozenset(ordered[bounds[i] : bounds[i + 1]]) for i in range(parts)]
+
+
 def _alive(engine: Engine) -> bool:
     return bool(getattr(engine, "alive", True))  # engines in this process live as long as it does
 
@@ -130,13 +139,14 @@ def vllm_pool(settings: Settings) -> Engine:
     if not 1 <= wanted <= len(gpus):
         raise EngineUnavailableError(f"--gpus {settings.gpus} asked for, but {len(gpus)} GPU(s) are visible")
     engines: list[Engine] = []
+    shares = split_cpus(os.sched_getaffinity(0), wanted) if settings.engine_cpu_split else [None] * wanted
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
         # One after the other: the first compiles, the rest start from its compilation cache.
-        for gpu in gpus[:wanted]:
-            log.info("starting vLLM engine %d of %d on GPU %s", len(engines) + 1, wanted, gpu)
+        for gpu, cpus in zip(gpus[:wanted], shares, strict=True):
+            log.info("starting vLLM engine %d of %d on GPU %s (CPUs: %s)", len(engines) + 1, wanted, gpu, cpus or "all")
             if settings.engine_process:
-                engines.append(ProcessEngine(vllm_engine, settings, env={"CUDA_VISIBLE_DEVICES": gpu}))
+                engines.append(ProcessEngine(vllm_engine, settings, {"CUDA_VISIBLE_DEVICES": gpu}, cpus))
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # read by the engine process vLLM starts now
                 engines.append(vllm_engine(settings))

@@ -62,12 +62,21 @@ def _picklable(exc: BaseException) -> BaseException:
         return WhisperEndpointError(f"{type(exc).__name__}: {exc}")
 
 
-def _serve(conn: Connection, factory: EngineFactory, settings: Settings, env: dict[str, str], log_level: int) -> None:
+def _serve(
+    conn: Connection,
+    factory: EngineFactory,
+    settings: Settings,
+    env: dict[str, str],
+    cpus: frozenset[int] | None,
+    log_level: int,
+) -> None:
     """The engine process: build the engine, then run each call that arrives in a thread of its own."""
     # Ctrl-C reaches every process of the terminal's group; the server drains on it and closes this
     # process when done, so the engine must outlive the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)  # before the engine starts anything that reads it (CUDA_VISIBLE_DEVICES)
+    if cpus:  # inherited by every process the engine starts; thread pools size themselves to it
+        os.sched_setaffinity(0, cpus)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         engine = factory(settings)
@@ -108,14 +117,21 @@ def _serve(conn: Connection, factory: EngineFactory, settings: Settings, env: di
 
 
 class ProcessEngine:
-    """The Engine interface for an engine built by `factory(settings)` in a spawned process."""
+    """The Engine interface for an engine built by `factory(settings)` in a spawned process, with `env`
+    added to its environment and, where given, only `cpus` to run on."""
 
-    def __init__(self, factory: EngineFactory, settings: Settings, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        factory: EngineFactory,
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        cpus: frozenset[int] | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
         self._conn, child_end = context.Pipe()
         self._process = context.Process(
             target=_serve,
-            args=(child_end, factory, settings, env or {}, logging.getLogger().getEffectiveLevel()),
+            args=(child_end, factory, settings, env or {}, cpus, logging.getLogger().getEffectiveLevel()),
             name="whisper-engine",
         )
         self._process.start()
