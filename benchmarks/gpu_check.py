@@ -270,7 +270,8 @@ def data_parallel(args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--cpu-split"] if split else []
         _log(f"data-parallel run: {' '.join(cmd[3:])}")
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"gpus": gpus, "cpu_split": split, "error": 1}
+        failed = {"gpus": gpus, "cpu_split": split, "error": 1}
+        row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else failed
         _log(json.dumps(row))
         runs.append(row)
     for run in runs[1:]:
