@@ -237,43 +237,53 @@ def speed_offline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def large_v3_shape(work: str, checkpoint_script: str, tokenizer_src: str) -> Path:
+    """The large-v3-shaped checkpoint with no weights (config and tokenizer), made once under `work`."""
+    checkpoint = Path(work) / "large-v3-shape"
+    if not (checkpoint / "config.json").is_file():
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, checkpoint_script, tokenizer_src, str(checkpoint)], check=True)
+    return checkpoint
+
+
+def _speed_one_run(checkpoint: Path, windows: int, options: list[str], labels: dict[str, Any]) -> dict[str, Any]:
+    """One `speed-one` run in a process of its own (GPU memory is free again after it); its JSON row, or
+    `labels` with the error's last lines."""
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "speed-one", "--model", str(checkpoint)]
+    cmd += [*options, "--windows", str(windows), "--tokens", "100"]
+    _log(f"speed run: {' '.join(cmd[3:])}")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    row = (
+        json.loads(done.stdout.strip().splitlines()[-1])
+        if done.returncode == 0
+        else {**labels, "error": done.stderr[-3000:]}
+    )
+    _log(json.dumps(row))
+    return row
+
+
 def speed(args: argparse.Namespace) -> dict[str, Any]:
-    checkpoint = Path(args.work) / "large-v3-shape"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, args.checkpoint_script, args.tokenizer_src, str(checkpoint)], check=True)
-    runs = []
-    for kv, seqs in (("auto", 512), ("auto", 256), ("bfloat16", 256)):
-        cmd = [sys.executable, "-m", "benchmarks.gpu_check", "speed-one", "--model", str(checkpoint), "--kv", kv]
-        cmd += ["--max-num-seqs", str(seqs), "--windows", str(args.windows), "--tokens", "100"]
-        _log(f"speed run: {' '.join(cmd[3:])}")
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        row = (
-            json.loads(done.stdout.strip().splitlines()[-1])
-            if done.returncode == 0
-            else {"kv": kv, "error": done.stderr[-3000:]}
-        )
-        _log(json.dumps(row))
-        runs.append(row)
+    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src)
+    runs = [
+        _speed_one_run(checkpoint, args.windows, ["--kv", kv, "--max-num-seqs", str(seqs)], {"kv": kv})
+        for kv, seqs in (("auto", 512), ("auto", 256), ("bfloat16", 256))
+    ]
     return {"large_v3_shape": runs}
 
 
 def data_parallel(args: argparse.Namespace) -> dict[str, Any]:
     """The same windows through one engine, then one engine per GPU (`--gpus N`), then that again with the
     host's cores split between the engines; each run in a process of its own."""
-    checkpoint = Path(args.work) / "large-v3-shape"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, args.checkpoint_script, args.tokenizer_src, str(checkpoint)], check=True)
-    runs = []
-    for gpus, split in ((1, False), (args.gpus, False), (args.gpus, True)):
-        cmd = [sys.executable, "-m", "benchmarks.gpu_check", "speed-one", "--model", str(checkpoint)]
-        cmd += ["--gpus", str(gpus), "--windows", str(args.windows), "--tokens", "100"]
-        cmd += ["--cpu-split"] if split else []
-        _log(f"data-parallel run: {' '.join(cmd[3:])}")
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        failed = {"gpus": gpus, "cpu_split": split, "error": 1}
-        row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else failed
-        _log(json.dumps(row))
-        runs.append(row)
+    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src)
+    runs = [
+        _speed_one_run(
+            checkpoint,
+            args.windows,
+            ["--gpus", str(gpus), *(["--cpu-split"] if split else [])],
+            {"gpus": gpus, "cpu_split": split},
+        )
+        for gpus, split in ((1, False), (args.gpus, False), (args.gpus, True))
+    ]
     for run in runs[1:]:
         if "rtfx" in run and "rtfx" in runs[0]:
             _log(f"{args.gpus} engines (cpu split {run['cpu_split']}) / 1: {run['rtfx'] / runs[0]['rtfx']:.2f}x")

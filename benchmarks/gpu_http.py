@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check import PORT
+from benchmarks.gpu_check import PORT, large_v3_shape
 from whisper_endpoint.bench import wait_ready
 
 TOKENS_PER_30S = 100
@@ -170,10 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / "large-v3-shape"
-    if not (checkpoint / "config.json").is_file():
-        checkpoint.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, args.checkpoint_script, args.tokenizer_src, str(checkpoint)], check=True)
+    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src)
     loads = corpora(Path(args.data), work, args.long_count, args.short_count)
     loads = {k: v for k, v in loads.items() if not args.corpus or k in args.corpus}
     rows = []
