@@ -34,7 +34,7 @@ from whisper_endpoint.api.schemas import add_schemas
 from whisper_endpoint.audio.features import log_mel_window
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines import load_engine
-from whisper_endpoint.engines.base import Engine, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import Engine, SamplingOptions, WindowInput, engine_alive
 from whisper_endpoint.errors import (
     AuthenticationError,
     EngineFailedError,
@@ -254,7 +254,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @app.get("/ready", tags=["operations"], responses=not_ready)
     async def ready() -> JSONResponse:
         service = getattr(app.state, "service", None)
-        if service is not None and not getattr(service.engine, "alive", True):
+        if service is not None and not engine_alive(service.engine):
             return error_response(EngineFailedError("the engine's process has ended; restart this instance"))
         if app.state.ready and not app.state.draining:
             return JSONResponse({"status": "ready", "model": app.state.model_id})

@@ -97,3 +97,9 @@ class Engine(Protocol):
     def align(self, items: Sequence[AlignInput]) -> list[Alignment]: ...
 
     def close(self) -> None: ...
+
+
+def engine_alive(engine: Engine) -> bool:
+    """False once an engine in another process has ended (`alive`); engines in this process live as long
+    as it does."""
+    return bool(getattr(engine, "alive", True))

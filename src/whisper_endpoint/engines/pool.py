@@ -23,6 +23,7 @@ from whisper_endpoint.engines.base import (
     Generation,
     SamplingOptions,
     WindowInput,
+    engine_alive,
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
 
@@ -52,12 +53,12 @@ class EnginePool:
 
     @property
     def alive(self) -> bool:
-        return any(_alive(e) for e in self.engines)
+        return any(engine_alive(e) for e in self.engines)
 
     def _spread(self, items: Sequence[Any], call: Callable[[Engine, list[Any]], list[T]]) -> list[T]:
         shares: list[list[int]] = [[] for _ in self.engines]
         # An engine whose process died answers at once, so it would always look least busy: leave it out.
-        candidates = [e for e, engine in enumerate(self.engines) if _alive(engine)]
+        candidates = [e for e, engine in enumerate(self.engines) if engine_alive(engine)]
         if not candidates:
             raise EngineFailedError("every engine of the pool has ended")
         with self._lock:
@@ -106,10 +107,6 @@ def split_cpus(cpus: set[int], parts: int) -> list[frozenset[int] | None]:
         return [None] * parts
     bounds = [len(ordered) * i // parts for i in range(parts + 1)]
     return [frozenset(ordered[bounds[i] : bounds[i + 1]]) for i in range(parts)]
-
-
-def _alive(engine: Engine) -> bool:
-    return bool(getattr(engine, "alive", True))  # engines in this process live as long as it does
 
 
 def visible_gpus() -> list[str]:
