@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     )
     load_format: str = Field("auto", description="vLLM load format; 'dummy' for speed runs without weights.")
     calculate_kv_scales: bool = Field(False, description="fp8 KV cache: scales measured on the first batch, not 1.0.")
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '
+        "the ones the engine chooses.",
+    )
     forced_tokens_per_30s: int | None = Field(
         None,
         ge=1,

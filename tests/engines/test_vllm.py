@@ -6,6 +6,7 @@ The engine itself needs an NVIDIA GPU; its end-to-end check is benchmarks/gpu_ch
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,9 @@ from whisper_endpoint.engines import load_engine, vllm_installed
 from whisper_endpoint.engines.base import SamplingOptions, WindowInput
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.vllm import (
+    _one_cpu_thread_for_torch,
     choose_settings,
+    engine_args,
     engine_prompt,
     language_probabilities,
     model_folder,
@@ -44,6 +47,30 @@ def test_configuration_follows_the_compute_capability() -> None:
         choose_settings(Settings(), None)
     tuned = choose_settings(Settings(max_num_seqs=512, gpu_memory_utilization=0.5, enforce_eager=True), (9, 0))
     assert (tuned.max_num_seqs, tuned.gpu_memory_utilization, tuned.enforce_eager) == (512, 0.5, True)
+
+
+def test_engine_arguments_take_the_chosen_configuration_then_the_users_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WHISPER_VLLM_ENGINE_ARGS", '{"max_num_batched_tokens": 32768, "max_num_seqs": 384}')
+    settings = Settings()
+    assert settings.vllm_engine_args == {"max_num_batched_tokens": 32768, "max_num_seqs": 384}
+    args = engine_args(tmp_path, choose_settings(settings, (9, 0), "dummy"), settings)
+    assert (args["model"], args["kv_cache_dtype"], args["load_format"]) == (str(tmp_path), "fp8_e4m3", "dummy")
+    assert (args["max_num_batched_tokens"], args["max_num_seqs"]) == (32768, 384)  # the user's win
+    monkeypatch.delenv("WHISPER_VLLM_ENGINE_ARGS")
+    plain = engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
+    assert "max_num_batched_tokens" not in plain and plain["max_num_seqs"] == 256
+
+
+def test_torch_cpu_threads_for_vllm_are_one_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # so that the test's own value is undone afterwards
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    _one_cpu_thread_for_torch()
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # inherited by the engine core vLLM starts next
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    _one_cpu_thread_for_torch()
+    assert os.environ["OMP_NUM_THREADS"] == "6"
 
 
 def test_prompt_keeps_our_tokens_and_passes_the_audio(engine: CTranslate2Engine) -> None:

@@ -179,9 +179,15 @@ def model_suppress_tokens(folder: Path) -> tuple[int, ...]:
     return ()
 
 
-def _one_torch_thread() -> None:
-    """vLLM's log-mel runs on torch's CPU kernels in this process, called from many request threads at
-    once: each call spreading over every core would oversubscribe them many times over."""
+def _one_cpu_thread_for_torch() -> None:
+    """torch's CPU kernels on one thread, here and in vLLM's engine core (started after this, inheriting
+    it), unless OMP_NUM_THREADS says otherwise. Here: vLLM's log-mel runs in many request threads at once,
+    and each spreading over every core would oversubscribe them. In the engine core: its only sizeable CPU
+    kernel stacks each step's log-mel windows into one batch, and with a thread per core that copy took a
+    third of the engine core's time (py-spy) and a quarter of the throughput (docs/benchmarks.md)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"  # for processes vLLM spawns rather than forks
     try:
         import torch
 
@@ -214,6 +220,27 @@ def model_folder(model: str, cache_dir: Path) -> Path:
             shutil.rmtree(out, ignore_errors=True)
             convert(files.path, Path(tmp) / "model").rename(out)
     return out
+
+
+def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[str, Any]:
+    """vLLM's engine arguments: the chosen configuration, then the user's own on top."""
+    args: dict[str, Any] = {
+        "model": str(folder),
+        "dtype": chosen.dtype,
+        "kv_cache_dtype": chosen.kv_cache_dtype,
+        "enforce_eager": chosen.enforce_eager,
+        "max_num_seqs": chosen.max_num_seqs,
+        "gpu_memory_utilization": chosen.gpu_memory_utilization,
+        "max_model_len": MAX_MODEL_LEN,
+        "load_format": chosen.load_format,
+        "limit_mm_per_prompt": {"audio": 1},
+        # Inputs are prepared in the callers' threads (see _submit); vLLM's processor cache is not meant
+        # for that, and audio windows never repeat anyway.
+        "mm_processor_cache_gb": 0,
+        "calculate_kv_scales": settings.calculate_kv_scales,
+        "disable_log_stats": True,
+    }
+    return {**args, **settings.vllm_engine_args}
 
 
 def vllm_engine(settings: Settings) -> VllmEngine:
@@ -252,33 +279,19 @@ class VllmEngine:
         self.forced_tokens_per_30s = settings.forced_tokens_per_30s
         self.model_suppress = model_suppress_tokens(folder)
         self.scores = settings.vllm_scores
-        llm = LLM(
-            model=str(folder),
-            dtype=chosen.dtype,
-            kv_cache_dtype=chosen.kv_cache_dtype,
-            enforce_eager=chosen.enforce_eager,
-            max_num_seqs=chosen.max_num_seqs,
-            gpu_memory_utilization=chosen.gpu_memory_utilization,
-            max_model_len=MAX_MODEL_LEN,
-            load_format=chosen.load_format,
-            limit_mm_per_prompt={"audio": 1},
-            # Inputs are prepared in the callers' threads (see _submit); vLLM's processor cache is not
-            # meant for that, and audio windows never repeat anyway.
-            mm_processor_cache_gb=0,
-            calculate_kv_scales=settings.calculate_kv_scales,
-            disable_log_stats=True,
-        )
+        _one_cpu_thread_for_torch()  # before vLLM starts its engine core, which inherits it
+        llm = LLM(**engine_args(folder, chosen, settings))
         # One thread owns vLLM's engine and steps it while any request is unfinished: windows submitted
         # by any caller join the running batch (continuous batching). Driving the engine directly measured
         # 3x faster than AsyncLLM's asyncio front-end on 30 s windows.
         self._llm = llm
-        _one_torch_thread()
         self._start_driver(llm.llm_engine)
 
     def _start_driver(self, engine: Any) -> None:
         self._engine = engine
-        # Input preparation (vLLM's log-mel) runs in the callers' threads, at most one per core at once.
-        self._preparing = threading.BoundedSemaphore(os.cpu_count() or 1)
+        # Input preparation (vLLM's log-mel) runs in the callers' threads, at most one per core at once
+        # (the cores this process may use: an engine process of --gpus N has its own share).
+        self._preparing = threading.BoundedSemaphore(len(os.sched_getaffinity(0)) or 1)
         self._tasks = engine.get_supported_tasks()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (prompt, params, future) or _STOP
         self._thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
