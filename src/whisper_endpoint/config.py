@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         "interpreter instead of sharing the server's.",
     )
     engine_cpu_split: bool = Field(
-        False,
+        True,
         description="With --gpus N and engine processes: each engine process (and vLLM's engine core under it) "
         "gets its own equal share of this host's cores, so engines do not compete for them.",
     )
