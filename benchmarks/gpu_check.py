@@ -283,6 +283,7 @@ def data_parallel(args: argparse.Namespace) -> dict[str, Any]:
             {"gpus": gpus, "cpu_split": split},
         )
         for gpus, split in ((1, False), (args.gpus, False), (args.gpus, True))
+        if not (split and args.no_split_row)
     ]
     for run in runs[1:]:
         if "rtfx" in run and "rtfx" in runs[0]:
@@ -308,6 +309,7 @@ def main() -> None:
     d.add_argument("--checkpoint-script", required=True)
     d.add_argument("--gpus", type=int, default=2)
     d.add_argument("--windows", type=int, default=2048)
+    d.add_argument("--no-split-row", action="store_true", help="leave out the run with the cores split")
     for p in (a, s, d):
         p.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
         p.add_argument("--out", default=".")

@@ -1,0 +1,216 @@
+"""Where the vLLM engine's time goes: engine variants on the same windows, with CPU and GPU samples.
+
+    python -m benchmarks.gpu_probe --tokenizer-src DIR --checkpoint-script FILE --out DIR \
+        --variant default '{}' --variant batched32k '{"vllm_engine_args": {"max_num_batched_tokens": 32768}}'
+
+Each variant (WHISPER_* settings as JSON) starts the engine in a process of its own, with the large-v3-shaped
+checkpoint, and times the same 30 s windows three ways: 100 forced tokens with scores (as in serving), 100
+without scores, and 1 token (encoder and prompt alone). During the first it samples the GPU's busy share
+(`nvidia-smi`), the CPU each thread of the engine's process tree burns (from /proc), and a `py-spy dump` of
+the processes when py-spy is installed. A table of the variants is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks.gpu_check import large_v3_shape
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def descendants(root: int) -> list[int]:
+    """This process and every process under it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def thread_cpu_ticks(pids: list[int]) -> dict[tuple[int, str, str, int], int]:
+    """CPU ticks (user + system) per thread: (pid, process name, thread name, thread id)."""
+    ticks: dict[tuple[int, str, str, int], int] = {}
+    for pid in pids:
+        try:
+            process = Path(f"/proc/{pid}/comm").read_text().strip()
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                stat = (task / "stat").read_text()
+                name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                fields = stat.rsplit(")", 1)[1].split()
+                ticks[(pid, process, name, int(task.name))] = int(fields[11]) + int(fields[12])
+        except (OSError, ValueError):
+            continue
+    return ticks
+
+
+def cpu_by_thread(seconds: float) -> list[dict[str, Any]]:
+    """Cores' worth of CPU over `seconds` per process and thread name in this process tree (threads of
+    one name summed, and counted), busiest first."""
+    before = thread_cpu_ticks(descendants(os.getpid()))
+    time.sleep(seconds)
+    after = thread_cpu_ticks(descendants(os.getpid()))
+    used: Counter[tuple[int, str, str]] = Counter()
+    busy: Counter[tuple[int, str, str]] = Counter()
+    for (pid, process, thread, tid), t in after.items():
+        delta = t - before.get((pid, process, thread, tid), 0)
+        used[(pid, process, thread)] += delta
+        busy[(pid, process, thread)] += delta > 0
+    return [
+        {
+            "pid": k[0],
+            "process": k[1],
+            "threads": k[2],
+            "busy_threads": busy[k],
+            "cores": round(t / CLOCK_TICKS / seconds, 2),
+        }
+        for k, t in used.most_common(12)
+        if t > 0
+    ]
+
+
+def find_py_spy() -> str | None:
+    """py-spy on PATH, or in the bin folder of a `pip install --target` folder on sys.path."""
+    candidates = [Path(entry) / "bin" / "py-spy" for entry in sys.path]
+    return shutil.which("py-spy") or next((str(c) for c in candidates if c.is_file()), None)
+
+
+def py_spy_dumps(out: Path) -> None:
+    """One `py-spy dump` of each process under this one, when py-spy is there."""
+    spy = find_py_spy()
+    if spy is None:
+        return
+    with out.open("w") as f:
+        for pid in descendants(os.getpid())[1:]:
+            done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+            f.write(f"### pid {pid}\n{done.stdout}{done.stderr}\n")
+            if "EngineCore" in done.stdout:  # where its time goes: 5 s of sampled stacks, as collapsed lines
+                record = [spy, "record", "--pid", str(pid), "-d", "5", "-r", "200", "-f", "raw", "--nonblocking"]
+                record += ["-o", str(out.with_suffix(f".{pid}.collapsed.txt"))]
+                subprocess.run(record, capture_output=True, timeout=60)
+
+
+class GpuBusy:
+    """`nvidia-smi`'s GPU utilisation every 100 ms while running: the share of time a kernel ran."""
+
+    def __enter__(self) -> GpuBusy:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+        self._proc = subprocess.Popen(query, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=10)
+        samples = [int(line) for line in out.split() if line.strip().isdigit()]
+        self.mean_pct = round(sum(samples) / len(samples), 1) if samples else None
+
+
+def one(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from whisper_endpoint.config import Settings
+    from whisper_endpoint.engines.base import SamplingOptions, WindowInput
+    from whisper_endpoint.engines.vllm import VllmEngine
+
+    variant = json.loads(args.settings)
+    defaults = {"model": args.model, "load_format": "dummy", "max_num_seqs": 512, "forced_tokens_per_30s": 100}
+    settings = Settings(**{**defaults, **variant})
+    started = time.monotonic()
+    engine = VllmEngine(settings, load_format="dummy")
+    row: dict[str, Any] = {"variant": args.name, "settings": variant, "start_s": round(time.monotonic() - started, 1)}
+    samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
+    window = WindowInput(None, tuple(engine.tokenizer.sot_sequence("en", "transcribe", True)), 30_000, samples)
+    options = SamplingOptions(max_new_tokens=100, suppress_tokens=())
+    engine.generate([window] * 64, options)  # warm-up
+
+    def timed(label: str, sample: bool = False) -> None:
+        result: dict[str, Any] = {}
+        if sample:  # in the middle of the run, once the batch is full
+
+            def probe() -> None:
+                time.sleep(4)
+                result["cpu"] = cpu_by_thread(4)
+                py_spy_dumps(Path(args.out) / f"py-spy-{args.name}.txt")
+
+            sampler = threading.Thread(target=probe)
+            sampler.start()
+        with GpuBusy() as gpu:
+            t0 = time.monotonic()
+            engine.generate([window] * args.windows, options)
+            wall = time.monotonic() - t0
+        if sample:
+            sampler.join()
+            row["cpu_by_thread"] = result.get("cpu")
+        row[f"{label}_rtfx"] = round(args.windows * 30 / wall, 1)
+        row[f"{label}_gpu_busy_pct"] = gpu.mean_pct
+        _log(f"{args.name} {label}: {row[f'{label}_rtfx']}x, GPU busy {gpu.mean_pct} %")
+
+    timed("t100", sample=True)
+    engine.scores = False
+    timed("t100_noscores")
+    engine.scores, engine.forced_tokens_per_30s = True, 1
+    timed("t1")
+    engine.close()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer-src")
+    parser.add_argument("--checkpoint-script")
+    parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--windows", type=int, default=1024)
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
+    parser.add_argument("--one", action="store_true", help="(internal) one variant in this process")
+    parser.add_argument("--model")
+    parser.add_argument("--name")
+    parser.add_argument("--settings")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args)))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src)
+    rows = []
+    for name, settings in args.variant or [("default", "{}")]:
+        cmd = [sys.executable, "-m", "benchmarks.gpu_probe", "--one", "--model", str(checkpoint), "--name", name]
+        cmd += ["--settings", settings, "--windows", str(args.windows), "--out", str(out)]
+        with (out / f"probe-{name}.log").open("w") as log:
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        lines = done.stdout.strip().splitlines()
+        rows.append(json.loads(lines[-1]) if done.returncode == 0 and lines else {"variant": name, "error": True})
+        _log(json.dumps(rows[-1]))
+    (out / "gpu-probe.json").write_text(json.dumps(rows, indent=2))
+    print("variant | start s | t100 RTFx | GPU busy % | no scores | t1 RTFx")
+    for r in rows:
+        cells = [r.get(k) for k in ("start_s", "t100_rtfx", "t100_gpu_busy_pct", "t100_noscores_rtfx", "t1_rtfx")]
+        print(r["variant"], *cells, sep=" | ")
+
+
+if __name__ == "__main__":
+    main()
