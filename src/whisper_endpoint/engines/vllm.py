@@ -180,18 +180,18 @@ def model_suppress_tokens(folder: Path) -> tuple[int, ...]:
 
 
 def _one_cpu_thread_for_torch() -> None:
-    """torch's CPU kernels on one thread, here and in vLLM's engine core (started after this, inheriting
-    it), unless OMP_NUM_THREADS says otherwise. Here: vLLM's log-mel runs in many request threads at once,
-    and each spreading over every core would oversubscribe them. In the engine core: its only sizeable CPU
-    kernel stacks each step's log-mel windows into one batch, and with a thread per core that copy took a
-    third of the engine core's time (py-spy) and a quarter of the throughput (docs/benchmarks.md)."""
+    """torch's CPU kernels on one thread, in this process and in vLLM's engine core (which inherits the
+    variable, or the setting when forked), unless OMP_NUM_THREADS is set already. Here, vLLM's log-mel runs
+    in many request threads at once, and each spreading over every core would oversubscribe them. In the
+    engine core, stacking each step's log-mel windows into one batch with a thread per core took a third of
+    its time (py-spy); one thread made the engine 16 to 31 % faster (docs/benchmarks.md)."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    os.environ["OMP_NUM_THREADS"] = "1"  # for processes vLLM spawns rather than forks
+    os.environ["OMP_NUM_THREADS"] = "1"  # read when torch is first imported, and by processes vLLM spawns
     try:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # where torch was imported before
     except ImportError:
         pass
 
@@ -260,6 +260,7 @@ class VllmEngine:
     )
 
     def __init__(self, settings: Settings, load_format: str = "auto") -> None:
+        _one_cpu_thread_for_torch()  # before torch is imported, and before vLLM starts its engine core
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -279,7 +280,6 @@ class VllmEngine:
         self.forced_tokens_per_30s = settings.forced_tokens_per_30s
         self.model_suppress = model_suppress_tokens(folder)
         self.scores = settings.vllm_scores
-        _one_cpu_thread_for_torch()  # before vLLM starts its engine core, which inherits it
         llm = LLM(**engine_args(folder, chosen, settings))
         # One thread owns vLLM's engine and steps it while any request is unfinished: windows submitted
         # by any caller join the running batch (continuous batching). Driving the engine directly measured
