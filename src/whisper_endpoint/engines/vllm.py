@@ -275,12 +275,13 @@ class VllmEngine:
         self.n_mels = int(config.get("num_mel_bins", 80))
         self.multilingual = int(config.get("vocab_size", 51865)) >= 51865
         self.tokenizer = Tokenizer.from_file(folder / "tokenizer.json", self.multilingual)
-        self.max_batch_size = chosen.max_num_seqs
         self.settings = chosen
         self.forced_tokens_per_30s = settings.forced_tokens_per_30s
         self.model_suppress = model_suppress_tokens(folder)
         self.scores = settings.vllm_scores
-        llm = LLM(**engine_args(folder, chosen, settings))
+        args = engine_args(folder, chosen, settings)
+        self.max_batch_size = int(args["max_num_seqs"])
+        llm = LLM(**args)
         # One thread owns vLLM's engine and steps it while any request is unfinished: windows submitted
         # by any caller join the running batch (continuous batching). Driving the engine directly measured
         # 3x faster than AsyncLLM's asyncio front-end on 30 s windows.
