@@ -1,0 +1,184 @@
+"""How many uploads the HTTP server itself can carry, with an engine that costs nothing.
+
+    python -m benchmarks.server_overhead --data DIR [--requests 300] [--concurrency 64] [--profile]
+
+The server runs as it does with vLLM (the engine in a process of its own, uploads decoded and cut at
+silences in front-end worker processes, request threads calling the engine directly), but its engine
+answers each window at once with a finished decode of 100 tokens per 30 s. So the RTFx measured is the
+server's own ceiling on this machine's cores: decoding FLAC, VAD, chunking, moving windows to the engine
+process and back, building segments and responses, HTTP. Uploads are the GPU benchmark's 30 s FLAC files of
+LibriSpeech (every file unique). `--profile` samples the server process's thread stacks
+(`benchmarks/stack_sampler.py`). Not a benchmark of transcription: the engine does no work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from whisper_endpoint.config import Settings
+from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
+from whisper_endpoint.engines.base import (
+    AlignInput,
+    Alignment,
+    Capabilities,
+    Generation,
+    SamplingOptions,
+    WindowInput,
+)
+
+PORT = 8191
+TOKENS_PER_30S = 100
+
+
+class InstantEngine:
+    """vLLM's capabilities, no work: every window decodes at once to text and a closing timestamp."""
+
+    name = "instant"
+    capabilities = Capabilities(
+        word_timestamps=False,
+        token_logprobs=False,
+        language_detection=True,
+        beam_search=False,
+        log_mel_input=False,
+        continuous_batching=True,
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        from whisper_endpoint.models import resolve_model
+
+        folder = resolve_model("base", settings.cache_dir).path
+        self.model_name = "instant"
+        self.tokenizer = Tokenizer.from_file(folder / "tokenizer.json", True)
+        self.n_mels = 80
+        self.multilingual = True
+        self.max_batch_size = 512
+        self._words = self.tokenizer.encode(" and so my fellow americans ask not what your country can do for you")
+
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        out = []
+        for w in windows:
+            count = max(1, round(TOKENS_PER_30S * min(w.duration_ms, 30_000) / 30_000))
+            text = (self._words * (count // len(self._words) + 1))[:count]
+            end = self.tokenizer.timestamp_begin + min(w.duration_ms, 30_000) // MS_PER_TIMESTAMP
+            out.append(Generation((self.tokenizer.timestamp_begin, *text, end), -0.1 * count, 0.0, None))
+        return out
+
+    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
+        return [{"en": 1.0} for _ in windows]
+
+    def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def instant_engine(settings: Settings) -> InstantEngine:
+    return InstantEngine(settings)
+
+
+def serve(port: int) -> None:
+    from whisper_endpoint.api.app import create_app
+    from whisper_endpoint.engines.process import ProcessEngine
+    from whisper_endpoint.serving.shutdown import serve as run
+
+    settings = Settings(port=port, log_level="warning", max_inflight_requests=1024)
+    engine = ProcessEngine(instant_engine, settings)
+    try:
+        run(create_app(settings, engine), settings.host, port, settings.log_level, settings.shutdown_grace_s)
+    finally:
+        engine.close()  # an engine handed to create_app stays the caller's to close
+
+
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time so far (user + system) of a process and of each process under it, from /proc."""
+    from benchmarks.gpu_probe import CLOCK_TICKS, descendants
+
+    seconds = {}
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds[p] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        except (OSError, IndexError, ValueError):
+            continue
+    return seconds
+
+
+def cores_busy(before: dict[int, float], after: dict[int, float], server: int, wall_s: float) -> dict[str, float]:
+    """Cores' worth of CPU over the run: the server process, the engine process (its first child
+    started; the resource tracker does no work) and the front-end workers together."""
+    used = {p: t - before.get(p, 0.0) for p, t in after.items()}
+    children = sorted(p for p in used if p != server)
+    engine = max(children[:2], key=lambda p: used[p]) if children else None
+    workers = sum(t for p, t in used.items() if p not in (server, engine))
+    return {
+        "server_process": round(used.get(server, 0.0) / wall_s, 2),
+        "engine_process": round(used.get(engine, 0.0) / wall_s, 2) if engine else 0.0,
+        "front_end_workers": round(workers / wall_s, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data")
+    parser.add_argument("--work", default="/tmp/whisper-endpoint-overhead")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--profile", action="store_true", help="sample the server's thread stacks")
+    parser.add_argument("--serve", type=int, metavar="PORT", help="(internal) run the server on PORT")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    from benchmarks.gpu_http import corpora
+    from whisper_endpoint.bench import Load, run_load, wait_ready
+
+    files = corpora(Path(args.data), Path(args.work), args.requests, 0)["30s"]
+    cmd = [sys.executable, "-m", "benchmarks.server_overhead", "--serve", str(PORT)]
+    stacks = Path(args.work) / "server.stacks.txt"
+    if args.profile:
+        cmd[1:1] = ["-m", "benchmarks.stack_sampler", str(stacks)]
+    url = f"http://127.0.0.1:{PORT}"
+    proc = subprocess.Popen(cmd)
+    rows = []
+    try:
+        wait_ready(url, proc, 120)
+        for level in args.concurrency:
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", Load(files, level, response_format="json")))
+            busy = cores_busy(cpu0, cpu_seconds(proc.pid), proc.pid, time.monotonic() - t0)
+            row = {**result.summary(), "cores_busy": busy}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    doc = {
+        "what": "HTTP server with an engine that does no work (InstantEngine): the server's own ceiling",
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python -m benchmarks.server_overhead", *sys.argv[1:]]),
+        "rows": rows,
+    }
+    out = Path(args.out) / f"server-overhead-{doc['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    print("concurrency | RTFx | requests/s | p50 s | p99 s | cores busy: server, engine, front-end workers")
+    for r in rows:
+        keys = ("concurrency", "rtfx", "requests_per_s", "p50_s", "p99_s")
+        print(*(r[k] for k in keys), ", ".join(map(str, r["cores_busy"].values())), sep=" | ")
+    if args.profile:
+        print(f"stacks: {stacks}")
+
+
+if __name__ == "__main__":
+    main()
