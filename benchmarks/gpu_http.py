@@ -104,6 +104,7 @@ def corpora(data: Path, work: Path, long_count: int, short_count: int) -> dict[s
 
 
 def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args: argparse.Namespace) -> list[Any]:
+    from benchmarks.proc_stats import GpuBusy, busiest_processes, process_cpu_s
     from whisper_endpoint.bench import Load, gpu_memory_used_mib, run_load
 
     url = f"http://127.0.0.1:{PORT}"
@@ -129,11 +130,15 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                     response_format="json",
                     tokens_per_30s=TOKENS_PER_30S if system == "vllm-serve" else None,
                 )
-                result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", load))
+                cpu_before, started = process_cpu_s(proc.pid), time.monotonic()
+                with GpuBusy() as gpu:
+                    result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", load))
+                cpu = busiest_processes(cpu_before, process_cpu_s(proc.pid), time.monotonic() - started)
                 result.system = system
                 result.gpu_memory_mib = gpu_memory_used_mib()
                 result.server_peak_rss_mib = tree_peak_rss_mib(proc.pid)
                 row = {**result.summary(), "corpus": name, "server_start_s": round(ready_s, 1)}
+                row.update(gpu_busy_pct=gpu.mean_pct, cores_by_process=cpu)
                 if windows_before is not None and (windows_after := windows_decoded(url)) is not None:
                     row["windows_per_request"] = round((windows_after - windows_before) / requests, 3)
                 rows.append(row)
@@ -180,13 +185,13 @@ def main() -> None:
     for system in args.system:
         rows += run_system(system, checkpoint, loads, args)
         (out / f"{name}.json").write_text(json.dumps(rows, indent=2))  # kept if a later system fails
-    header = ("corpus", "conc", "reqs", "err", "RTFx", "p50 s", "p95 s", "win/req", "system")
-    print("{:<7} {:>5} {:>5} {:>4} {:>7} {:>6} {:>6} {:>7} {}".format(*header))
+    header = ("corpus", "conc", "reqs", "err", "RTFx", "p50 s", "p95 s", "win/req", "GPU %", "system")
+    print("{:<7} {:>5} {:>5} {:>4} {:>7} {:>6} {:>6} {:>7} {:>5} {}".format(*header))
     for r in rows:
         print(
             f"{r['corpus']:<7} {r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>4} "
             f"{r['rtfx'] or 0:>7.1f} {r['p50_s'] or 0:>6.2f} {r['p95_s'] or 0:>6.2f} "
-            f"{r.get('windows_per_request') or 0:>7.2f} {r['system']}"
+            f"{r.get('windows_per_request') or 0:>7.2f} {r.get('gpu_busy_pct') or 0:>5.0f} {r['system']}"
         )
 
 

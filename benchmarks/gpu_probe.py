@@ -20,79 +20,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu_check import large_v3_shape
+from benchmarks.proc_stats import GpuBusy, cpu_by_thread, descendants
 from whisper_endpoint.engines.process import MAX_WINDOWS_PER_MESSAGE
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PREPARING_THREADS = os.cpu_count() or 1
 
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def descendants(root: int) -> list[int]:
-    """This process and every process under it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def thread_cpu_ticks(pids: list[int]) -> dict[tuple[int, str, str, int], int]:
-    """CPU ticks (user + system) per thread: (pid, process name, thread name, thread id)."""
-    ticks: dict[tuple[int, str, str, int], int] = {}
-    for pid in pids:
-        try:
-            process = Path(f"/proc/{pid}/comm").read_text().strip()
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                stat = (task / "stat").read_text()
-                name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                fields = stat.rsplit(")", 1)[1].split()
-                ticks[(pid, process, name, int(task.name))] = int(fields[11]) + int(fields[12])
-        except (OSError, ValueError):
-            continue
-    return ticks
-
-
-def cpu_by_thread(seconds: float) -> list[dict[str, Any]]:
-    """Cores' worth of CPU over `seconds` per process and thread name in this process tree (threads of
-    one name summed, and counted), busiest first."""
-    before = thread_cpu_ticks(descendants(os.getpid()))
-    time.sleep(seconds)
-    after = thread_cpu_ticks(descendants(os.getpid()))
-    used: Counter[tuple[int, str, str]] = Counter()
-    busy: Counter[tuple[int, str, str]] = Counter()
-    for (pid, process, thread, tid), t in after.items():
-        delta = t - before.get((pid, process, thread, tid), 0)
-        used[(pid, process, thread)] += delta
-        busy[(pid, process, thread)] += delta > 0
-    return [
-        {
-            "pid": k[0],
-            "process": k[1],
-            "threads": k[2],
-            "busy_threads": busy[k],
-            "cores": round(t / CLOCK_TICKS / seconds, 2),
-        }
-        for k, t in used.most_common(12)
-        if t > 0
-    ]
 
 
 def find_py_spy() -> str | None:
@@ -114,21 +54,6 @@ def py_spy_dumps(out: Path) -> None:
                 record = [spy, "record", "--pid", str(pid), "-d", "5", "-r", "200", "-f", "raw", "--nonblocking"]
                 record += ["-o", str(out.with_suffix(f".{pid}.collapsed.txt"))]
                 subprocess.run(record, capture_output=True, timeout=60)
-
-
-class GpuBusy:
-    """`nvidia-smi`'s GPU utilisation every 100 ms while running: the share of time a kernel ran."""
-
-    def __enter__(self) -> GpuBusy:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
-        self._proc = subprocess.Popen(query, stdout=subprocess.PIPE, text=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._proc.terminate()
-        out, _ = self._proc.communicate(timeout=10)
-        samples = [int(line) for line in out.split() if line.strip().isdigit()]
-        self.mean_pct = round(sum(samples) / len(samples), 1) if samples else None
 
 
 def one(args: argparse.Namespace) -> dict[str, Any]:

@@ -98,30 +98,18 @@ def serve(port: int) -> None:
         engine.close()  # an engine handed to create_app stays the caller's to close
 
 
-def cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU time so far (user + system) of a process and of each process under it, from /proc."""
-    from benchmarks.gpu_probe import CLOCK_TICKS, descendants
-
-    seconds = {}
-    for p in descendants(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            seconds[p] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        except (OSError, IndexError, ValueError):
-            continue
-    return seconds
-
-
-def cores_busy(before: dict[int, float], after: dict[int, float], server: int, wall_s: float) -> dict[str, float]:
-    """Cores' worth of CPU over the run: the server process, the engine process (its first child
-    started; the resource tracker does no work) and the front-end workers together."""
-    used = {p: t - before.get(p, 0.0) for p, t in after.items()}
+def cores_busy(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], server: int, wall_s: float
+) -> dict[str, float]:
+    """Cores' worth of CPU over the run: the server process, the engine process (the busier of its first
+    two children: the other is multiprocessing's resource tracker) and the front-end workers together."""
+    used = {pid: t - before.get(pid, (name, 0.0))[1] for pid, (name, t) in after.items()}
     children = sorted(p for p in used if p != server)
     engine = max(children[:2], key=lambda p: used[p]) if children else None
     workers = sum(t for p, t in used.items() if p not in (server, engine))
     return {
         "server_process": round(used.get(server, 0.0) / wall_s, 2),
-        "engine_process": round(used.get(engine, 0.0) / wall_s, 2) if engine else 0.0,
+        "engine_process": round(used[engine] / wall_s, 2) if engine else 0.0,
         "front_end_workers": round(workers / wall_s, 2),
     }
 
@@ -140,6 +128,7 @@ def main() -> None:
         serve(args.serve)
         return
     from benchmarks.gpu_http import corpora
+    from benchmarks.proc_stats import process_cpu_s
     from whisper_endpoint.bench import Load, run_load, wait_ready
 
     files = corpora(Path(args.data), Path(args.work), args.requests, 0)["30s"]
@@ -153,9 +142,9 @@ def main() -> None:
     try:
         wait_ready(url, proc, 120)
         for level in args.concurrency:
-            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            cpu0, t0 = process_cpu_s(proc.pid), time.monotonic()
             result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", Load(files, level, response_format="json")))
-            busy = cores_busy(cpu0, cpu_seconds(proc.pid), proc.pid, time.monotonic() - t0)
+            busy = cores_busy(cpu0, process_cpu_s(proc.pid), proc.pid, time.monotonic() - t0)
             row = {**result.summary(), "cores_busy": busy}
             rows.append(row)
             print(json.dumps(row), flush=True)
