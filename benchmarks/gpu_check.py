@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from whisper_endpoint.bench import wait_ready
+from whisper_endpoint.decoding.tokenizer import Tokenizer
+from whisper_endpoint.engines.base import SamplingOptions, WindowInput
 
 PORT = 8100
 
@@ -45,9 +47,9 @@ def transformers_check(model: Path, audio: Path) -> dict[str, Any]:
     features = torch.from_numpy(log_mel_window(load_audio(AudioSource(audio)), net.config.num_mel_bins))
     with torch.no_grad():
         ids = net.generate(features[None].half().cuda(), language="en", task="transcribe", max_new_tokens=100)
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer as HfTokenizer
 
-    text = Tokenizer.from_file(str(model / "tokenizer.json")).decode(ids[0].tolist(), skip_special_tokens=True)
+    text = HfTokenizer.from_file(str(model / "tokenizer.json")).decode(ids[0].tolist(), skip_special_tokens=True)
     return {"transformers_jfk_text": text.strip()}
 
 
@@ -150,11 +152,16 @@ def http_load(args: argparse.Namespace) -> dict[str, Any]:
     return {"http_librispeech": rows}
 
 
-def speed_one(args: argparse.Namespace) -> dict[str, Any]:
+def noise_window(tokenizer: Tokenizer) -> WindowInput:
+    """The speed runs' window: 30 s of noise (vLLM computes its log-mel from the samples), English SOT."""
     import numpy as np
 
+    samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
+    return WindowInput(None, tuple(tokenizer.sot_sequence("en", "transcribe", True)), 30_000, samples)
+
+
+def speed_one(args: argparse.Namespace) -> dict[str, Any]:
     from whisper_endpoint.config import Settings
-    from whisper_endpoint.engines.base import SamplingOptions, WindowInput
     from whisper_endpoint.engines.pool import vllm_pool
 
     settings = Settings(
@@ -171,9 +178,7 @@ def speed_one(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     engine = vllm_pool(settings)
     start_s = time.monotonic() - started
-    samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
-    prompt = tuple(engine.tokenizer.sot_sequence("en", "transcribe", True))
-    window = WindowInput(None, prompt, 30_000, samples)
+    window = noise_window(engine.tokenizer)
     options = SamplingOptions(max_new_tokens=args.tokens, suppress_tokens=())
     engine.generate([window] * 64 * args.gpus, options)  # warm-up
     started = time.monotonic()
@@ -197,11 +202,8 @@ def speed_one(args: argparse.Namespace) -> dict[str, Any]:
 
 def speed_offline(args: argparse.Namespace) -> dict[str, Any]:
     """The same windows and sampling through vLLM's offline LLM.generate: where our wrapper's cost shows."""
-    import numpy as np
     from vllm import LLM, SamplingParams
 
-    from whisper_endpoint.decoding.tokenizer import Tokenizer
-    from whisper_endpoint.engines.base import SamplingOptions, WindowInput
     from whisper_endpoint.engines.vllm import MAX_MODEL_LEN, engine_prompt, sampling_kwargs
 
     kv = "fp8_e4m3" if args.kv == "auto" else args.kv
@@ -216,11 +218,9 @@ def speed_offline(args: argparse.Namespace) -> dict[str, Any]:
         gpu_memory_utilization=0.9,
     )
     tokenizer = Tokenizer.from_file(Path(args.model) / "tokenizer.json", True)
-    samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
-    prompt = tuple(tokenizer.sot_sequence("en", "transcribe", True))
-    window = WindowInput(np.zeros((128, 3000), np.float32), prompt, 30_000, samples)
+    window = noise_window(tokenizer)
     params = SamplingParams(
-        **sampling_kwargs(SamplingOptions(max_new_tokens=100), len(prompt), 100, not args.no_scores)
+        **sampling_kwargs(SamplingOptions(max_new_tokens=100), len(window.prompt), 100, not args.no_scores)
     )
     llm.generate([engine_prompt(window)] * 64, params, use_tqdm=False)
     started = time.monotonic()

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check import large_v3_shape
+from benchmarks.gpu_check import large_v3_shape, noise_window
 from benchmarks.proc_stats import GpuBusy, cpu_by_thread, descendants
 from whisper_endpoint.engines.process import MAX_WINDOWS_PER_MESSAGE
 
@@ -57,10 +57,8 @@ def py_spy_dumps(out: Path) -> None:
 
 
 def one(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-
     from whisper_endpoint.config import Settings
-    from whisper_endpoint.engines.base import SamplingOptions, WindowInput
+    from whisper_endpoint.engines.base import SamplingOptions
     from whisper_endpoint.engines.vllm import VllmEngine
 
     variant = json.loads(args.settings)
@@ -69,8 +67,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     engine = VllmEngine(settings, load_format="dummy")
     row: dict[str, Any] = {"variant": args.name, "settings": variant, "start_s": round(time.monotonic() - started, 1)}
-    samples = np.random.default_rng(0).normal(0, 0.1, 30 * 16_000).astype(np.float32)
-    window = WindowInput(None, tuple(engine.tokenizer.sot_sequence("en", "transcribe", True)), 30_000, samples)
+    window = noise_window(engine.tokenizer)
     options = SamplingOptions(max_new_tokens=100, suppress_tokens=())
     engine.generate([window] * 64, options)  # warm-up
     parts = [min(MAX_WINDOWS_PER_MESSAGE, args.windows - i) for i in range(0, args.windows, MAX_WINDOWS_PER_MESSAGE)]

@@ -84,11 +84,16 @@ def process_cpu_s(root: int) -> dict[int, tuple[str, float]]:
     return seconds
 
 
+def cpu_used_s(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[int, float]:
+    """CPU seconds each process used between two `process_cpu_s` readings."""
+    return {pid: t - before.get(pid, (name, 0.0))[1] for pid, (name, t) in after.items()}
+
+
 def busiest_processes(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall_s: float, top: int = 8
 ) -> list[dict[str, Any]]:
     """Cores' worth of CPU per process between two `process_cpu_s` readings, busiest first."""
-    used = {pid: (name, t - before.get(pid, (name, 0.0))[1]) for pid, (name, t) in after.items()}
+    used = {pid: (after[pid][0], t) for pid, t in cpu_used_s(before, after).items()}
     ranked = sorted(used.items(), key=lambda item: -item[1][1])[:top]
     return [{"pid": pid, "process": name, "cores": round(t / wall_s, 2)} for pid, (name, t) in ranked if t > 0]
 

@@ -21,18 +21,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
-from whisper_endpoint.engines.base import (
-    AlignInput,
-    Alignment,
-    Capabilities,
-    Generation,
-    SamplingOptions,
-    WindowInput,
-)
+from whisper_endpoint.engines.base import AlignInput, Alignment, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.vllm import VllmEngine  # its capabilities only: vLLM is imported when one starts
 
 PORT = 8191
 TOKENS_PER_30S = 100
@@ -42,14 +37,7 @@ class InstantEngine:
     """vLLM's capabilities, no work: every window decodes at once to text and a closing timestamp."""
 
     name = "instant"
-    capabilities = Capabilities(
-        word_timestamps=False,
-        token_logprobs=False,
-        language_detection=True,
-        beam_search=False,
-        log_mel_input=False,
-        continuous_batching=True,
-    )
+    capabilities = replace(VllmEngine.capabilities, token_logprobs=False)
 
     def __init__(self, settings: Settings) -> None:
         from whisper_endpoint.models import resolve_model
@@ -103,7 +91,9 @@ def cores_busy(
 ) -> dict[str, float]:
     """Cores' worth of CPU over the run: the server process, the engine process (the busier of its first
     two children: the other is multiprocessing's resource tracker) and the front-end workers together."""
-    used = {pid: t - before.get(pid, (name, 0.0))[1] for pid, (name, t) in after.items()}
+    from benchmarks.proc_stats import cpu_used_s
+
+    used = cpu_used_s(before, after)
     children = sorted(p for p in used if p != server)
     engine = max(children[:2], key=lambda p: used[p]) if children else None
     workers = sum(t for p, t in used.items() if p not in (server, engine))
