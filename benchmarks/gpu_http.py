@@ -20,14 +20,17 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu_check import PORT, large_v3_shape
+from benchmarks.gpu_probe import py_spy_dumps
 from whisper_endpoint.bench import wait_ready
 
 TOKENS_PER_30S = 100
+PY_SPY_AFTER_S = 20.0  # into a load, once the engine is full
 
 
 def _log(message: str) -> None:
@@ -131,8 +134,15 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                     tokens_per_30s=TOKENS_PER_30S if system == "vllm-serve" else None,
                 )
                 cpu_before, started = process_cpu_s(proc.pid), time.monotonic()
+                spy = threading.Timer(PY_SPY_AFTER_S, py_spy_dumps, (Path(args.out) / f"py-spy-{name}-{level}.txt",))
+                spy.kwargs = {"record_if": ("EngineCore", "_drive")}  # vLLM's engine core and our driver
+                if args.profile:
+                    spy.start()
                 with GpuBusy() as gpu:
                     result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", load))
+                spy.cancel()
+                if spy.is_alive():
+                    spy.join()
                 cpu = busiest_processes(cpu_before, process_cpu_s(proc.pid), time.monotonic() - started)
                 result.system = system
                 result.gpu_memory_mib = gpu_memory_used_mib()
@@ -169,7 +179,7 @@ def main() -> None:
     parser.add_argument("--long-count", type=int, default=1024)
     parser.add_argument("--short-count", type=int, default=2048)
     parser.add_argument("--requests-per-level", type=int)
-    parser.add_argument("--profile", action="store_true", help="sample our server's thread stacks")
+    parser.add_argument("--profile", action="store_true", help="server thread stacks; py-spy of engines")
     parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()

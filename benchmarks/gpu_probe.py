@@ -41,8 +41,9 @@ def find_py_spy() -> str | None:
     return shutil.which("py-spy") or next((str(c) for c in candidates if c.is_file()), None)
 
 
-def py_spy_dumps(out: Path) -> None:
-    """One `py-spy dump` of each process under this one, when py-spy is there."""
+def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> None:
+    """One `py-spy dump` of each process under this one, when py-spy is there, and 5 s of sampled stacks
+    of those whose dump shows one of `record_if`."""
     spy = find_py_spy()
     if spy is None:
         return
@@ -50,7 +51,7 @@ def py_spy_dumps(out: Path) -> None:
         for pid in descendants(os.getpid())[1:]:
             done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
             f.write(f"### pid {pid}\n{done.stdout}{done.stderr}\n")
-            if "EngineCore" in done.stdout:  # where its time goes: 5 s of sampled stacks, as collapsed lines
+            if any(mark in done.stdout for mark in record_if):  # where its time goes, as collapsed lines
                 record = [spy, "record", "--pid", str(pid), "-d", "5", "-r", "200", "-f", "raw", "--nonblocking"]
                 record += ["-o", str(out.with_suffix(f".{pid}.collapsed.txt"))]
                 subprocess.run(record, capture_output=True, timeout=60)

@@ -202,15 +202,14 @@ class FakeLLMEngine:
 def test_driver_thread_batches_concurrent_callers_and_isolates_bad_inputs() -> None:
     import threading
 
-    from whisper_endpoint.engines.vllm import VllmEngine
+    from whisper_endpoint.engines.vllm_driver import EngineDriver
 
-    engine = VllmEngine.__new__(VllmEngine)
     fake = FakeLLMEngine(steps_per_request=3, hold_first_step_until=40)
-    engine._start_driver(fake)
+    driver = EngineDriver(fake, stats_interval_s=3600)
     results: list[int] = []
 
     def caller() -> None:
-        results.append(len(engine._submit_params([{}] * 10, [None] * 10)))
+        results.append(len(driver.submit([{}] * 10, [None] * 10)))
 
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for t in threads:
@@ -219,8 +218,21 @@ def test_driver_thread_batches_concurrent_callers_and_isolates_bad_inputs() -> N
         t.join(timeout=10)
     assert results == [10, 10, 10, 10]
     assert fake.max_running == 40  # windows of all four callers joined the running batch
+    assert (driver.stats.added, driver.stats.finished) == (40, 40)
     with pytest.raises(ValueError, match="bad input"):
-        engine._submit_params([{"bad": True}], [None])
-    assert len(engine._submit_params([{}], [None])) == 1  # the driver survived the bad request
-    engine.close()
-    assert not engine._thread.is_alive()
+        driver.submit([{"bad": True}], [None])
+    assert len(driver.submit([{}], [None])) == 1  # the driver survived the bad request
+    driver.close()
+    assert not driver.thread.is_alive()
+
+
+def test_driver_reports_how_full_the_batch_was(caplog: pytest.LogCaptureFixture) -> None:
+    from whisper_endpoint.engines.vllm_driver import EngineDriver
+
+    fake = FakeLLMEngine(steps_per_request=4, hold_first_step_until=8)
+    driver = EngineDriver(fake, stats_interval_s=0)  # a report after every step
+    with caplog.at_level("INFO", logger="whisper_endpoint.engines.vllm_driver"):
+        assert len(driver.submit([{}] * 8, [None] * 8)) == 8
+    driver.close()
+    reports = [r.getMessage() for r in caplog.records if "windows per step" in r.getMessage()]
+    assert reports and reports[-1].startswith("vLLM engine: 8 windows per step")  # all 8 ran in each step

@@ -2,8 +2,7 @@
 
 vLLM computes log-mel itself from each window's samples; decoder prompts are built by our tokenizer
 (`<|startofprev|>`, the SOT sequence, timestamps on), and generated timestamp tokens come back raw.
-Callers (the request threads) prepare their windows' inputs in parallel, then hand them to the one
-thread that owns vLLM's engine and steps it, and wait on futures: continuous batching across requests.
+Windows go to vLLM through one driver thread (`vllm_driver`): continuous batching across requests.
 """
 
 from __future__ import annotations
@@ -12,13 +11,9 @@ import json
 import logging
 import math
 import os
-import queue
 import shutil
 import tempfile
-import threading
-import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,11 +23,11 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.convert import convert
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import AlignInput, Alignment, Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.vllm_driver import EngineDriver
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
 from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
 
 log = logging.getLogger(__name__)
-_STOP: Any = ("stop",)
 
 MAX_MODEL_LEN = 448  # Whisper's decoder context
 MIN_CAPABILITY = (8, 0)  # bfloat16
@@ -282,79 +277,15 @@ class VllmEngine:
         args = engine_args(folder, chosen, settings)
         self.max_batch_size = int(args["max_num_seqs"])
         llm = LLM(**args)
-        # One thread owns vLLM's engine and steps it while any request is unfinished: windows submitted
-        # by any caller join the running batch (continuous batching). Driving the engine directly measured
-        # 3x faster than AsyncLLM's asyncio front-end on 30 s windows.
         self._llm = llm
-        self._start_driver(llm.llm_engine)
-
-    def _start_driver(self, engine: Any) -> None:
-        self._engine = engine
-        # Input preparation (vLLM's log-mel) runs in the callers' threads, at most one per core at once
-        # (the cores this process may use: an engine process of --gpus N has its own share).
-        self._preparing = threading.BoundedSemaphore(len(os.sched_getaffinity(0)) or 1)
-        self._tasks = engine.get_supported_tasks()
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (prompt, params, future) or _STOP
-        self._thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
-        self._thread.start()
-
-    def _drive(self) -> None:
-        running: dict[str, Future[Any]] = {}
-        while True:
-            item = self._inbox.get() if not running else self._next_nowait()
-            while item is not None:
-                if item is _STOP:
-                    for future in running.values():
-                        future.set_exception(EngineUnavailableError("the vLLM engine was closed"))
-                    return
-                request, future = item
-                try:
-                    self._engine.add_request(request.request_id, request, request.params)
-                    running[request.external_req_id] = future  # outputs carry the id we chose
-                except Exception as exc:  # a bad input fails its own request only
-                    future.set_exception(exc)
-                item = self._next_nowait()
-            if not running:
-                continue
-            try:
-                outputs = self._engine.step()
-            except Exception as exc:
-                for future in running.values():
-                    future.set_exception(exc)
-                running.clear()
-                continue
-            for output in outputs:
-                if output.finished and output.request_id in running:
-                    running.pop(output.request_id).set_result(output)
-
-    def _next_nowait(self) -> Any:
-        try:
-            return self._inbox.get_nowait()
-        except queue.Empty:
-            return None
+        self._driver = EngineDriver(llm.llm_engine)
 
     def _submit(self, prompts: Sequence[dict[str, Any]], kwargs: Sequence[dict[str, Any]]) -> list[Any]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         params = [SamplingParams(**kw, output_kind=RequestOutputKind.FINAL_ONLY) for kw in kwargs]
-        return self._submit_params(prompts, params)
-
-    def _submit_params(self, prompts: Sequence[dict[str, Any]], params: Sequence[Any]) -> list[Any]:
-        """Each window's inputs (vLLM's log-mel among them) are prepared here, in the caller's thread, so
-        that callers prepare in parallel and the driver thread only adds and steps."""
-        futures: list[Future[Any]] = []
-        for prompt, p in zip(prompts, params, strict=True):
-            future: Future[Any] = Future()
-            try:
-                with self._preparing:
-                    request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
-            except Exception as exc:  # a bad input fails its own window only
-                future.set_exception(exc)
-            else:
-                self._inbox.put((request, future))
-            futures.append(future)
-        return [f.result() for f in futures]
+        return self._driver.submit(prompts, params)
 
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         if options.beam_size > 1:
@@ -401,6 +332,5 @@ class VllmEngine:
         )
 
     def close(self) -> None:
-        self._inbox.put(_STOP)
-        self._thread.join(timeout=30)
-        del self._engine
+        self._driver.close()
+        del self._llm

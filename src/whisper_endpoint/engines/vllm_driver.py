@@ -1,0 +1,125 @@
+"""The one thread that owns vLLM's engine: it adds the windows callers prepared and steps the engine.
+
+Windows submitted by any caller join the running batch (continuous batching across requests). Driving
+vLLM's `LLMEngine` from one thread measured 3x faster than `AsyncLLM`'s asyncio front-end on 30 s windows
+(docs/benchmarks.md). Callers prepare their windows' inputs (vLLM's log-mel) in their own threads, so the
+driver only adds and steps. Every STATS_INTERVAL_S while busy it logs how full vLLM's batch was: with too
+few windows in flight the GPU idles, whatever the engine's own speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from whisper_endpoint.errors import EngineUnavailableError
+
+log = logging.getLogger(__name__)
+_STOP: Any = ("stop",)
+STATS_INTERVAL_S = 10.0
+
+
+@dataclass
+class DriverStats:
+    """Counts since the last report; `running_sum / steps` is the mean number of windows per step."""
+
+    added: int = 0
+    finished: int = 0
+    steps: int = 0
+    running_sum: int = 0
+    step_s: float = 0.0
+
+    def line(self, seconds: float) -> str:
+        per_step = self.running_sum / self.steps if self.steps else 0.0
+        step_ms = 1000 * self.step_s / self.steps if self.steps else 0.0
+        return (
+            f"vLLM engine: {per_step:.0f} windows per step on average, {self.added / seconds:.1f} added and "
+            f"{self.finished / seconds:.1f} finished per second, {self.steps / seconds:.0f} steps per second "
+            f"({step_ms:.1f} ms in each)"
+        )
+
+
+class EngineDriver:
+    def __init__(self, engine: Any, stats_interval_s: float = STATS_INTERVAL_S) -> None:
+        self._engine = engine
+        # Input preparation runs in the callers' threads, at most one per core at once (the cores this
+        # process may use: an engine process of --gpus N has its own share).
+        self._preparing = threading.BoundedSemaphore(len(os.sched_getaffinity(0)) or 1)
+        self._tasks = engine.get_supported_tasks()
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (request, future) or _STOP
+        self._stats_interval_s = stats_interval_s
+        self.stats = DriverStats()
+        self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompts: Sequence[dict[str, Any]], params: Sequence[Any]) -> list[Any]:
+        """vLLM's final output for each prompt; a bad input fails its own window only."""
+        futures: list[Future[Any]] = []
+        for prompt, p in zip(prompts, params, strict=True):
+            future: Future[Any] = Future()
+            try:
+                with self._preparing:
+                    request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                self._inbox.put((request, future))
+            futures.append(future)
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._inbox.put(_STOP)
+        self.thread.join(timeout=30)
+
+    def _drive(self) -> None:
+        running: dict[str, Future[Any]] = {}
+        reported = time.monotonic()
+        while True:
+            item = self._inbox.get() if not running else self._next_nowait()
+            while item is not None:
+                if item is _STOP:
+                    for future in running.values():
+                        future.set_exception(EngineUnavailableError("the vLLM engine was closed"))
+                    return
+                request, future = item
+                try:
+                    self._engine.add_request(request.request_id, request, request.params)
+                    running[request.external_req_id] = future  # outputs carry the id we chose
+                    self.stats.added += 1
+                except Exception as exc:  # a bad input fails its own request only
+                    future.set_exception(exc)
+                item = self._next_nowait()
+            if not running:
+                continue
+            started = time.monotonic()
+            try:
+                outputs = self._engine.step()
+            except Exception as exc:
+                for future in running.values():
+                    future.set_exception(exc)
+                running.clear()
+                continue
+            self.stats.steps += 1
+            self.stats.running_sum += len(running)
+            self.stats.step_s += time.monotonic() - started
+            for output in outputs:
+                if output.finished and output.request_id in running:
+                    running.pop(output.request_id).set_result(output)
+                    self.stats.finished += 1
+            if (elapsed := time.monotonic() - reported) >= self._stats_interval_s:
+                log.info(self.stats.line(elapsed))
+                self.stats, reported = DriverStats(), time.monotonic()
+
+    def _next_nowait(self) -> Any:
+        try:
+            return self._inbox.get_nowait()
+        except queue.Empty:
+            return None
