@@ -158,9 +158,7 @@ class ProcessEngine:
         self.pid = d.pid
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
-        self._lock = threading.Lock()  # guards _pending and _closed
-        # Sending a window (its samples) can block on the pipe; replies must not wait for that.
-        self._sending = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending, _closed and sending
         self._closed = False
         self._receiver = threading.Thread(target=self._receive, name="engine-replies", daemon=True)
         self._receiver.start()
@@ -199,13 +197,11 @@ class ProcessEngine:
                 raise EngineFailedError("the engine process has ended")
             call_id = next(self._ids)
             self._pending[call_id] = future
-        try:
-            with self._sending:
+            try:
                 self._conn.send((call_id, method, args))
-        except (OSError, ValueError) as exc:
-            with self._lock:
+            except (OSError, ValueError) as exc:
                 self._pending.pop(call_id, None)
-            raise EngineFailedError("the engine process has ended") from exc
+                raise EngineFailedError("the engine process has ended") from exc
         return future
 
     def _call(self, method: str, items: Sequence[Any], *rest: Any) -> list[Any]:
@@ -224,10 +220,9 @@ class ProcessEngine:
 
     def close(self) -> None:
         with self._lock:
-            closed = self._closed
-        if not closed:
-            with self._sending, contextlib.suppress(OSError, ValueError):  # already gone
-                self._conn.send(None)
+            if not self._closed:
+                with contextlib.suppress(OSError, ValueError):  # already gone
+                    self._conn.send(None)
         self._process.join(timeout=CLOSE_TIMEOUT_S)
         if self._process.is_alive():
             self._process.terminate()

@@ -4,7 +4,6 @@ segments streamed back to the event loop, cancellation and deadlines."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -105,18 +104,14 @@ class TranscriptionService:
         """Segments in audio order as they finish. Closing the iterator early cancels the work."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        chunker = self._chunker(job)
-        # A front-end slot bounds the decoding done in this process. Uploads cut in worker processes need
-        # none (the pool bounds them), and with hundreds of requests in flight the threads queueing for
-        # slots cost the server process's one interpreter lock more than the slots saved (measured).
-        slot = self.front_end_slots if chunker is local_speech_chunks else None
-        engine = ScheduledEngine(self.scheduler, job.request_id, job.cancelled.is_set, slot)
+        slots = self.front_end_slots
+        engine = ScheduledEngine(self.scheduler, job.request_id, job.cancelled.is_set, slots)
         source = AudioSource(job.source.path, job.source.raw_pcm, self.settings.max_audio_duration_s)
 
         def work() -> None:
             try:
-                with slot or contextlib.nullcontext():
-                    for segment in iter_segments(source, engine, job.options, job.info, None, chunker):
+                with slots:
+                    for segment in iter_segments(source, engine, job.options, job.info, None, self._chunker(job)):
                         loop.call_soon_threadsafe(queue.put_nowait, segment)
                         if job.cancelled.is_set():
                             break
