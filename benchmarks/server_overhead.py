@@ -78,7 +78,7 @@ def serve(port: int) -> None:
     from whisper_endpoint.engines.process import ProcessEngine
     from whisper_endpoint.serving.shutdown import serve as run
 
-    settings = Settings(port=port, log_level="warning", max_inflight_requests=1024)
+    settings = Settings(port=port, log_level="warning", max_inflight_requests=4096, max_queued_audio_s=10_000_000)
     engine = ProcessEngine(instant_engine, settings)
     try:
         run(create_app(settings, engine), settings.host, port, settings.log_level, settings.shutdown_grace_s)
