@@ -84,7 +84,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         out["calculate_kv_scales"] = args.calculate_kv_scales
         for level in (1,) if args.quick else (1, 32):
             out[f"librispeech_c{level}"] = librispeech_load(url, level, passes=1)
-            _log(f"LibriSpeech at concurrency {level}: {out[f'librispeech_c{level}']}")
+            _log(f"LibriSpeech at concurrency {level}: WER {out[f'librispeech_c{level}']['wer_pct']} %")
         if args.quick:
             return out
         jfk_result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", Load([jfk], 1)))
@@ -128,8 +128,9 @@ def librispeech_load(url: str, concurrency: int, passes: int) -> dict[str, Any]:
     files = [c.path for c in corpus]
     endpoint = f"{url}/v1/audio/transcriptions"
     result = asyncio.run(run_load(endpoint, Load(files, concurrency, passes * len(files), language="en")))
-    texts = [result.texts.get(c.path.name, "") for c in corpus]
-    return {**result.summary(), "wer_pct": round(100 * wer([c.reference for c in corpus], texts), 2)}
+    texts = {c.path.name: result.texts.get(c.path.name, "") for c in corpus}
+    wer_pct = round(100 * wer([c.reference for c in corpus], list(texts.values())), 2)
+    return {**result.summary(), "wer_pct": wer_pct, "texts": texts}  # texts: to compare clip by clip
 
 
 def http_load(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def http_load(args: argparse.Namespace) -> dict[str, Any]:
         wait_ready(url, proc, 300)
         for level in args.concurrency:
             rows.append(librispeech_load(url, level, passes=3))
-            _log(json.dumps(rows[-1]))
+            _log(json.dumps({k: v for k, v in rows[-1].items() if k != "texts"}))
     finally:
         proc.terminate()
         proc.wait(timeout=120)

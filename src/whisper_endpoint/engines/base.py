@@ -99,6 +99,45 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class EngineDescription:
+    """An engine's descriptive attributes, as the engines that wrap others (scheduler, pool, engine
+    process) pass them on."""
+
+    name: str
+    model_name: str
+    tokenizer: Tokenizer
+    n_mels: int
+    multilingual: bool
+    capabilities: Capabilities
+    max_batch_size: int
+
+    @classmethod
+    def of(cls, engine: Engine) -> EngineDescription:
+        return cls(
+            engine.name,
+            engine.model_name,
+            engine.tokenizer,
+            engine.n_mels,
+            engine.multilingual,
+            engine.capabilities,
+            engine.max_batch_size,
+        )
+
+
+class DescribedEngine:
+    """Base of the wrapping engines: the Engine interface's attributes, set from one description."""
+
+    def __init__(self, description: EngineDescription) -> None:
+        self.name = description.name
+        self.model_name = description.model_name
+        self.tokenizer = description.tokenizer
+        self.n_mels = description.n_mels
+        self.multilingual = description.multilingual
+        self.capabilities = description.capabilities
+        self.max_batch_size = description.max_batch_size
+
+
 def engine_alive(engine: Engine) -> bool:
     """False once an engine in another process has ended (`alive`); engines in this process live as long
     as it does."""

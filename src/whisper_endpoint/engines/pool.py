@@ -11,15 +11,16 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from whisper_endpoint.config import Settings
-from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
-    Capabilities,
+    DescribedEngine,
     Engine,
+    EngineDescription,
     Generation,
     SamplingOptions,
     WindowInput,
@@ -31,21 +32,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class EnginePool:
-    name = "pool"
-
+class EnginePool(DescribedEngine):
     def __init__(self, engines: Sequence[Engine]) -> None:
         if not engines:
             raise ValueError("an engine pool needs at least one engine")
-        first = engines[0]
+        first = EngineDescription.of(engines[0])
+        total = sum(e.max_batch_size for e in engines)
+        super().__init__(replace(first, name=f"{first.name} x{len(engines)}", max_batch_size=total))
         self.engines = list(engines)
-        self.name = f"{first.name} x{len(engines)}"
-        self.model_name: str = first.model_name
-        self.tokenizer: Tokenizer = first.tokenizer
-        self.n_mels: int = first.n_mels
-        self.multilingual: bool = first.multilingual
-        self.capabilities: Capabilities = first.capabilities
-        self.max_batch_size: int = sum(e.max_batch_size for e in engines)
         self.outstanding = [0] * len(engines)  # windows handed to each engine and not yet returned
         self._lock = threading.Lock()
         # A thread per share waiting on another engine; created as needed, one per request in flight at most.

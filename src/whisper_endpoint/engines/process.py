@@ -19,17 +19,16 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from whisper_endpoint.config import Settings
-from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
-    Capabilities,
+    DescribedEngine,
     Engine,
+    EngineDescription,
     Generation,
     SamplingOptions,
     WindowInput,
@@ -41,18 +40,6 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[Settings], Engine]  # a module-level function, so the engine process can import it
 MAX_WINDOWS_PER_MESSAGE = 16  # a large call goes in parts, so the engine starts on the first while the rest travel
 CLOSE_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class _Description:
-    name: str
-    model_name: str
-    tokenizer: Tokenizer
-    n_mels: int
-    multilingual: bool
-    capabilities: Capabilities
-    max_batch_size: int
-    pid: int
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -84,17 +71,7 @@ def _serve(
     except BaseException as exc:
         conn.send(("failed", _picklable(exc)))
         return
-    description = _Description(
-        engine.name,
-        engine.model_name,
-        engine.tokenizer,
-        engine.n_mels,
-        engine.multilingual,
-        engine.capabilities,
-        engine.max_batch_size,
-        os.getpid(),
-    )
-    conn.send(("ready", description))
+    conn.send(("ready", (EngineDescription.of(engine), os.getpid())))
     sending = threading.Lock()
 
     def run(call_id: int, method: str, args: tuple[Any, ...]) -> None:
@@ -117,7 +94,7 @@ def _serve(
         engine.close()
 
 
-class ProcessEngine:
+class ProcessEngine(DescribedEngine):
     """The Engine interface for an engine built by `factory(settings)` in a spawned process, with `env`
     added to its environment and, where given, only `cpus` to run on."""
 
@@ -147,15 +124,9 @@ class ProcessEngine:
         if status == "failed":
             self._process.join(timeout=CLOSE_TIMEOUT_S)
             raise payload
-        d: _Description = payload
-        self.name = d.name
-        self.model_name = d.model_name
-        self.tokenizer = d.tokenizer
-        self.n_mels = d.n_mels
-        self.multilingual = d.multilingual
-        self.capabilities = d.capabilities
-        self.max_batch_size = d.max_batch_size
-        self.pid = d.pid
+        description, pid = payload
+        super().__init__(description)
+        self.pid: int = pid
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()  # guards _pending, _closed and sending

@@ -20,12 +20,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
-    Capabilities,
+    DescribedEngine,
     Engine,
+    EngineDescription,
     Generation,
     SamplingOptions,
     WindowInput,
@@ -184,7 +184,7 @@ class Scheduler:
         return list(self.engine.align(items))
 
 
-class ScheduledEngine:
+class ScheduledEngine(DescribedEngine):
     """The Engine interface for one request, backed by the shared scheduler."""
 
     def __init__(
@@ -194,14 +194,7 @@ class ScheduledEngine:
         cancelled: Callable[[], bool],
         front_end_slot: threading.Semaphore | None = None,
     ) -> None:
-        engine = scheduler.engine
-        self.name: str = engine.name
-        self.model_name: str = engine.model_name
-        self.tokenizer: Tokenizer = engine.tokenizer
-        self.n_mels: int = engine.n_mels
-        self.multilingual: bool = engine.multilingual
-        self.capabilities: Capabilities = engine.capabilities
-        self.max_batch_size: int = engine.max_batch_size
+        super().__init__(EngineDescription.of(scheduler.engine))
         self._scheduler = scheduler
         self._request_id = request_id
         self._cancelled = cancelled
