@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     gpus: int = Field(1, ge=0, description="vLLM engines, one per GPU (data parallel); 0: every visible GPU.")
     engine_process: bool = Field(
         True,
-        description="Each vLLM engine in a process of its own: its input and output processing get their own "
-        "interpreter instead of sharing the server's.",
+        description="The vLLM engine in a process of its own: its input and output processing get their own "
+        "interpreter instead of sharing the server's (with --gpus N > 1 engines always run in processes).",
     )
     engine_cpu_split: bool = Field(
         True,

@@ -118,8 +118,10 @@ def visible_gpus() -> list[str]:
 
 
 def vllm_pool(settings: Settings) -> Engine:
-    """One vLLM engine per GPU, each in a process of its own (`engine_process`) or all in this one; each
-    engine's worker process sees only its own GPU."""
+    """One vLLM engine per GPU, each in a process of its own that sees only its GPU (and, with
+    `engine_cpu_split`, only its share of the cores). One GPU's engine may run in this process instead
+    (`engine_process` off); several always run in processes, since only a process of its own can be given
+    its share of the cores (two GPUs: 1.86x one GPU with the split, 1.67x without; docs/benchmarks.md)."""
     from whisper_endpoint.engines.process import ProcessEngine
     from whisper_endpoint.engines.vllm import vllm_engine
 
@@ -131,23 +133,13 @@ def vllm_pool(settings: Settings) -> Engine:
         raise EngineUnavailableError(f"--gpus {settings.gpus} asked for, but {len(gpus)} GPU(s) are visible")
     engines: list[Engine] = []
     shares = split_cpus(os.sched_getaffinity(0), wanted) if settings.engine_cpu_split else [None] * wanted
-    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
         # One after the other: the first compiles, the rest start from its compilation cache.
         for gpu, cpus in zip(gpus[:wanted], shares, strict=True):
             log.info("starting vLLM engine %d of %d on GPU %s (CPUs: %s)", len(engines) + 1, wanted, gpu, cpus or "all")
-            if settings.engine_process:
-                engines.append(ProcessEngine(vllm_engine, settings, {"CUDA_VISIBLE_DEVICES": gpu}, cpus))
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # read by the engine process vLLM starts now
-                engines.append(vllm_engine(settings))
+            engines.append(ProcessEngine(vllm_engine, settings, {"CUDA_VISIBLE_DEVICES": gpu}, cpus))
     except BaseException:
         for engine in engines:
             engine.close()
         raise
-    finally:
-        if previous is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = previous
     return EnginePool(engines)
