@@ -71,7 +71,8 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     if args.out:
-        command = " ".join(["python -m benchmarks.client_ceiling", *sys.argv[1:]])
+        argv = ["<corpus>" if a == args.data else a for a in sys.argv[1:]]  # its folder here means nothing elsewhere
+        command = " ".join(["python -m benchmarks.client_ceiling", *argv])
         doc = {"date": time.strftime("%Y-%m-%d"), "command": command, "rows": rows}
         Path(args.out).write_text(json.dumps(doc, indent=2))
     print("concurrency | uploads/s | RTFx (30 s uploads)")

@@ -1,0 +1,55 @@
+"""The CTranslate2 engine's WER on the LibriSpeech test-clean clips, with each clip's text.
+
+    python -m benchmarks.cpu_wer --data DIR [--model base] [--compute-type int8 float32] [--out FILE]
+
+The reference the GPU engine is held to (issue: within 0.5 points of CTranslate2): `gpu_check accuracy`
+keeps each clip's text too, so the two can be compared clip by clip. Several compute types show how far
+numerics alone move the WER on these 74 clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", default="base")
+    parser.add_argument("--compute-type", nargs="+", default=["int8", "float32"])
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
+    from tests.datasets import clips, wer
+
+    from whisper_endpoint.audio.decode import AudioSource
+    from whisper_endpoint.config import Settings
+    from whisper_endpoint.decoding.options import DecodeOptions
+    from whisper_endpoint.decoding.transcribe import transcribe
+    from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+
+    corpus = clips("B_librispeech/test-clean")
+    rows = []
+    for compute_type in args.compute_type:
+        engine = CTranslate2Engine.from_settings(Settings(model=args.model, compute_type=compute_type))
+        started = time.monotonic()
+        options = DecodeOptions(language="en")
+        texts = {c.path.name: transcribe(AudioSource(c.path), engine, options).text for c in corpus}
+        wall_s = time.monotonic() - started
+        wer_pct = round(100 * wer([c.reference for c in corpus], list(texts.values())), 2)
+        rows.append({"compute_type": compute_type, "wer_pct": wer_pct, "wall_s": round(wall_s, 1), "texts": texts})
+        print(f"{args.model} {compute_type}: WER {wer_pct} % ({len(corpus)} clips, {wall_s:.0f} s)", flush=True)
+    if args.out:
+        argv = ["<corpus>" if a == args.data else a for a in sys.argv[1:]]  # its folder here means nothing elsewhere
+        command = " ".join(["python -m benchmarks.cpu_wer", *argv])
+        doc = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "command": command, "rows": rows}
+        Path(args.out).write_text(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()
