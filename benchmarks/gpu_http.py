@@ -134,8 +134,9 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                     tokens_per_30s=TOKENS_PER_30S if system == "vllm-serve" else None,
                 )
                 cpu_before, started = process_cpu_s(proc.pid), time.monotonic()
-                spy = threading.Timer(PY_SPY_AFTER_S, py_spy_dumps, (Path(args.out) / f"py-spy-{name}-{level}.txt",))
-                spy.kwargs = {"record_if": ("EngineCore", "_drive")}  # vLLM's engine core and our driver
+                dumps = Path(args.out) / f"py-spy-{name}-{level}.txt"
+                marks = {"record_if": ("EngineCore", "_drive")}  # vLLM's engine core and our engine process
+                spy = threading.Timer(PY_SPY_AFTER_S, py_spy_dumps, (dumps,), marks)
                 if args.profile:
                     spy.start()
                 with GpuBusy() as gpu:
