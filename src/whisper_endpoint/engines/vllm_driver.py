@@ -29,7 +29,8 @@ STATS_INTERVAL_S = 10.0
 
 @dataclass
 class DriverStats:
-    """Counts since the last report; `running_sum / steps` is the mean number of windows per step."""
+    """Counts since the last report; `running_sum / steps` is the mean number of windows per step, counting
+    every window handed to vLLM and not yet finished (vLLM may hold some back while its batch is full)."""
 
     added: int = 0
     finished: int = 0
