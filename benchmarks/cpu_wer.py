@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
-    from tests.datasets import clips, wer
+    from tests.datasets import clips
 
+    from benchmarks.cpu_load import score
     from whisper_endpoint.audio.decode import AudioSource
     from whisper_endpoint.config import Settings
     from whisper_endpoint.decoding.options import DecodeOptions
@@ -41,7 +42,7 @@ def main() -> None:
         options = DecodeOptions(language="en")
         texts = {c.path.name: transcribe(AudioSource(c.path), engine, options).text for c in corpus}
         wall_s = time.monotonic() - started
-        wer_pct = round(100 * wer([c.reference for c in corpus], list(texts.values())), 2)
+        wer_pct = score(corpus, texts)
         rows.append({"compute_type": compute_type, "wer_pct": wer_pct, "wall_s": round(wall_s, 1), "texts": texts})
         print(f"{args.model} {compute_type}: WER {wer_pct} % ({len(corpus)} clips, {wall_s:.0f} s)", flush=True)
     if args.out:

@@ -120,8 +120,9 @@ def serve_vllm(model: Path, log: IO[bytes] | int, **settings: str) -> subprocess
 
 def librispeech_load(url: str, concurrency: int, passes: int) -> dict[str, Any]:
     """The test-clean clips `passes` times through the HTTP API: the load summary and the WER."""
-    from tests.datasets import clips, wer
+    from tests.datasets import clips
 
+    from benchmarks.cpu_load import score
     from whisper_endpoint.bench import Load, run_load
 
     corpus = clips("B_librispeech/test-clean")
@@ -129,8 +130,7 @@ def librispeech_load(url: str, concurrency: int, passes: int) -> dict[str, Any]:
     endpoint = f"{url}/v1/audio/transcriptions"
     result = asyncio.run(run_load(endpoint, Load(files, concurrency, passes * len(files), language="en")))
     texts = {c.path.name: result.texts.get(c.path.name, "") for c in corpus}
-    wer_pct = round(100 * wer([c.reference for c in corpus], list(texts.values())), 2)
-    return {**result.summary(), "wer_pct": wer_pct, "texts": texts}  # texts: to compare clip by clip
+    return {**result.summary(), "wer_pct": score(corpus, texts), "texts": texts}  # texts: to compare clip by clip
 
 
 def http_load(args: argparse.Namespace) -> dict[str, Any]:

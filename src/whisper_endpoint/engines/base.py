@@ -7,7 +7,7 @@ them (`Capabilities.log_mel_input`), our log-mel features [n_mels, 3000].
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
@@ -114,15 +114,7 @@ class EngineDescription:
 
     @classmethod
     def of(cls, engine: Engine) -> EngineDescription:
-        return cls(
-            engine.name,
-            engine.model_name,
-            engine.tokenizer,
-            engine.n_mels,
-            engine.multilingual,
-            engine.capabilities,
-            engine.max_batch_size,
-        )
+        return cls(**{f.name: getattr(engine, f.name) for f in fields(cls)})
 
 
 class DescribedEngine:

@@ -229,7 +229,7 @@ def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[
         "max_model_len": MAX_MODEL_LEN,
         "load_format": chosen.load_format,
         "limit_mm_per_prompt": {"audio": 1},
-        # Inputs are prepared in the callers' threads (see _submit); vLLM's processor cache is not meant
+        # Inputs are prepared in the callers' threads (see vllm_driver); vLLM's processor cache is not meant
         # for that, and audio windows never repeat anyway.
         "mm_processor_cache_gb": 0,
         "calculate_kv_scales": settings.calculate_kv_scales,
