@@ -62,11 +62,16 @@ def file_label(system: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", system)
 
 
+def is_vllm_serve(system: str) -> bool:
+    return system.partition(":")[0] == "vllm-serve"
+
+
 def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> subprocess.Popen[bytes]:
-    if system == "vllm-serve":
+    if is_vllm_serve(system):  # "vllm-serve" or "vllm-serve:--flag value ..." with extra arguments
         cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(checkpoint), "--load-format", "dummy"]
         cmd += ["--dtype", "bfloat16", "--max-model-len", "448", "--kv-cache-dtype", "fp8", "--max-num-seqs", "512"]
         cmd += ["--gpu-memory-utilization", "0.9", "--port", str(PORT), "--served-model-name", "whisper-1"]
+        cmd += system.partition(":")[2].split()
         env = dict(os.environ)
     else:  # "whisper-endpoint" or "whisper-endpoint:NAME=VALUE,..." with settings of that variant
         cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(checkpoint)]
@@ -119,19 +124,19 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
     )
     rows = []
     try:
-        ready_s = wait_ready(url, proc, 900, "/health" if system == "vllm-serve" else "/ready")
+        ready_s = wait_ready(url, proc, 900, "/health" if is_vllm_serve(system) else "/ready")
         _log(f"{system} ready in {ready_s:.0f} s")
         for name, files in loads.items():
             for level in args.concurrency:
                 requests = min(len(files), args.requests_per_level or len(files))
-                windows_before = windows_decoded(url) if system != "vllm-serve" else None
+                windows_before = windows_decoded(url) if not is_vllm_serve(system) else None
                 load = Load(
                     files,
                     level,
                     requests,
                     language="en",
                     response_format="json",
-                    tokens_per_30s=TOKENS_PER_30S if system == "vllm-serve" else None,
+                    tokens_per_30s=TOKENS_PER_30S if is_vllm_serve(system) else None,
                 )
                 cpu_before, started = process_cpu_s(proc.pid), time.monotonic()
                 dumps = Path(args.out) / f"py-spy-{name}-{level}.txt"
@@ -173,7 +178,7 @@ def main() -> None:
         "--system",
         action="append",
         required=True,
-        help="vllm-serve, whisper-endpoint, or whisper-endpoint:WHISPER_X=1,WHISPER_Y=2 (a variant)",
+        help="vllm-serve[:EXTRA ARGS], whisper-endpoint, or whisper-endpoint:WHISPER_X=1,WHISPER_Y=2 (a variant)",
     )
     parser.add_argument("--corpus", action="append", choices=["30s", "5-15s"], help="default: both")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[256])
@@ -190,7 +195,7 @@ def main() -> None:
     loads = corpora(Path(args.data), work, args.long_count, args.short_count)
     loads = {k: v for k, v in loads.items() if not args.corpus or k in args.corpus}
     rows = []
-    if bad := [s for s in args.system if s != "vllm-serve" and not s.startswith("whisper-endpoint")]:
+    if bad := [s for s in args.system if not is_vllm_serve(s) and not s.startswith("whisper-endpoint")]:
         parser.error(f"unknown system {bad[0]!r}")
     name = "gpu-http-" + "-".join(file_label(s) for s in args.system)
     for system in args.system:
