@@ -75,15 +75,12 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"transformers: {out}")
 
     url = f"http://127.0.0.1:{PORT}"
-    extra = {"calculate_kv_scales": "true"} if args.calculate_kv_scales else {}
-    if args.engine_args:
-        extra["vllm_engine_args"] = args.engine_args
+    extra = {"vllm_engine_args": args.engine_args} if args.engine_args else {}
     proc = serve_vllm(model, (Path(args.out) / "server.log").open("wb"), kv_cache_dtype=args.kv, **extra)
     try:
         out["server_start_s"] = round(wait_ready(url, proc, 600), 1)
         _log(f"server ready in {out['server_start_s']} s")
         out["kv_cache_dtype"] = args.kv
-        out["calculate_kv_scales"] = args.calculate_kv_scales
         out["vllm_engine_args"] = args.engine_args
         for level in (1,) if args.quick else (1, 32):
             out[f"librispeech_c{level}"] = librispeech_load(url, level, passes=1)
@@ -303,7 +300,6 @@ def main() -> None:
     a.add_argument("--data", required=True)
     a.add_argument("--kv", default="auto", help="KV cache dtype (auto: fp8 where the GPU has it)")
     a.add_argument("--quick", action="store_true", help="LibriSpeech at concurrency 1 only")
-    a.add_argument("--calculate-kv-scales", action="store_true", help="fp8 KV scales measured, not 1.0")
     a.add_argument("--engine-args", help='more vLLM engine arguments as JSON, e.g. {"quantization": "fp8"}')
     s = sub.add_parser("speed")
     s.add_argument("--tokenizer-src", required=True)
@@ -348,7 +344,6 @@ def main() -> None:
     steps = {"accuracy": accuracy, "speed": speed, "dp": data_parallel, "http": http_load}
     result = steps[args.step](args)
     name = f"gpu-{args.step}" + (f"-{args.kv}" if args.step == "accuracy" and args.kv != "auto" else "")
-    name += "-kv-scales" if getattr(args, "calculate_kv_scales", False) else ""
     (Path(args.out) / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

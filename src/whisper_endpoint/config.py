@@ -78,7 +78,12 @@ class Settings(BaseSettings):
         True, description="Per-token log-probabilities and the no-speech probability (the fallback needs them)."
     )
     load_format: str = Field("auto", description="vLLM load format; 'dummy' for speed runs without weights.")
-    calculate_kv_scales: bool = Field(False, description="fp8 KV cache: scales measured on the first batch, not 1.0.")
+    vllm_admit_every_steps: int = Field(
+        1,
+        ge=1,
+        description="vLLM admits new windows on every Nth step only while others decode, so the steps between "
+        "run as CUDA graphs (vLLM runs steps that encode new audio eagerly); 1: on every step.",
+    )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '

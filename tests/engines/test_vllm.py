@@ -23,6 +23,7 @@ from whisper_endpoint.engines.vllm import (
     choose_settings,
     engine_args,
     engine_prompt,
+    holds_new_windows,
     language_probabilities,
     model_folder,
     no_speech_probability,
@@ -61,6 +62,17 @@ def test_engine_arguments_take_the_chosen_configuration_then_the_users_own(
     monkeypatch.delenv("WHISPER_VLLM_ENGINE_ARGS")
     plain = engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
     assert "max_num_batched_tokens" not in plain and plain["max_num_seqs"] == 256
+
+
+def test_windows_are_admitted_in_bursts_only_while_others_decode(tmp_path: Path) -> None:
+    bursts = Settings(vllm_admit_every_steps=4)
+    args = engine_args(tmp_path, choose_settings(bursts, (9, 0)), bursts)
+    assert args["scheduler_cls"] == "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
+    assert args["max_num_batched_tokens"] == 32768  # room for the windows that finished while held
+    assert "scheduler_cls" not in engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
+    assert [holds_new_windows(step, 4, running=300) for step in range(8)] == [False, True, True, True] * 2
+    assert not any(holds_new_windows(step, 4, running=0) for step in range(8))  # idle: a lone request waits not
+    assert not any(holds_new_windows(step, 1, running=300) for step in range(8))
 
 
 def test_torch_cpu_threads_for_vllm_are_one_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,9 @@ MIN_CAPABILITY = (8, 0)  # bfloat16
 FP8_KV_MIN_CAPABILITY = (8, 9)  # float8 e4m3 KV cache (Ada, Hopper and newer)
 LANGUAGE_TOP_K = 20
 SUPPRESS_BIAS = -100.0
+ADMIT_EVERY_ENV = "WHISPER_VLLM_ADMIT_EVERY_STEPS"  # read by vllm_scheduler in vLLM's engine core
+BURST_SCHEDULER = "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
+BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows of 1,500 per step held back
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,12 @@ def model_folder(model: str, cache_dir: Path) -> Path:
     return out
 
 
+def holds_new_windows(step: int, every: int, running: int) -> bool:
+    """Whether vLLM's step number `step` leaves waiting windows waiting (`vllm_scheduler`): only while
+    others run, and not on every Nth step. An idle engine admits at once, so a lone request waits for nothing."""
+    return every > 1 and running > 0 and step % every != 0
+
+
 def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[str, Any]:
     """vLLM's engine arguments: the chosen configuration, then the user's own on top."""
     args: dict[str, Any] = {
@@ -232,9 +241,12 @@ def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[
         # Inputs are prepared in the callers' threads (see vllm_driver); vLLM's processor cache is not meant
         # for that, and audio windows never repeat anyway.
         "mm_processor_cache_gb": 0,
-        "calculate_kv_scales": settings.calculate_kv_scales,
         "disable_log_stats": True,
     }
+    every = settings.vllm_admit_every_steps
+    if every > 1:  # room on an admitting step for the windows that finished on the steps held back
+        args["scheduler_cls"] = BURST_SCHEDULER
+        args["max_num_batched_tokens"] = max(16384, every * BATCHED_TOKENS_PER_ADMITTING_STEP)
     return {**args, **settings.vllm_engine_args}
 
 
@@ -275,6 +287,7 @@ class VllmEngine:
         self.model_suppress = model_suppress_tokens(folder)
         self.scores = settings.vllm_scores
         args = engine_args(folder, chosen, settings)
+        os.environ[ADMIT_EVERY_ENV] = str(settings.vllm_admit_every_steps)  # for vLLM's engine core
         self.max_batch_size = int(args["max_num_seqs"])
         llm = LLM(**args)
         self._llm = llm
