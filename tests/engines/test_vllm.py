@@ -5,11 +5,15 @@ The engine itself needs an NVIDIA GPU; its end-to-end check is benchmarks/gpu_ch
 
 from __future__ import annotations
 
+import enum
+import importlib.util
 import math
 import os
+import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,8 +75,63 @@ def test_windows_are_admitted_in_bursts_only_while_others_decode(tmp_path: Path)
     assert args["max_num_batched_tokens"] == 32768  # room for the windows that finished while held
     assert "scheduler_cls" not in engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
     assert [holds_new_windows(step, 4, running=300) for step in range(8)] == [False, True, True, True] * 2
-    assert not any(holds_new_windows(step, 4, running=0) for step in range(8))  # idle: a lone request waits not
+    assert not any(holds_new_windows(step, 4, running=0) for step in range(8))  # an idle engine admits at once
     assert not any(holds_new_windows(step, 1, running=300) for step in range(8))
+
+
+def test_burst_scheduler_pauses_new_windows_for_the_held_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vLLM scheduler subclass, on stand-ins for the two vLLM classes it touches (vLLM needs a GPU)."""
+
+    class PauseState(enum.IntEnum):
+        UNPAUSED = 0
+        PAUSED_NEW = 1
+        PAUSED_ALL = 2
+
+    class AsyncScheduler:  # what BurstScheduler relies on: the pause state, the step count, running windows
+        def __init__(self) -> None:
+            self._pause_state = PauseState.UNPAUSED
+            self.current_step = 0
+            self.running = ["a window"]
+            self.seen: list[PauseState] = []
+
+        def schedule(self, throttle_prefills: bool = False) -> int:
+            self.current_step += 1
+            self.seen.append(self._pause_state)
+            if self.current_step == 3:
+                raise RuntimeError("a failing step")
+            return self.current_step
+
+    for name, attrs in {
+        "vllm.v1.core.sched.async_scheduler": {"AsyncScheduler": AsyncScheduler},
+        "vllm.v1.core.sched.interface": {"PauseState": PauseState},
+    }.items():
+        module = ModuleType(name)
+        for attr, value in attrs.items():
+            setattr(module, attr, value)
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("WHISPER_VLLM_ADMIT_EVERY_STEPS", "4")
+    path = Path(__file__).parents[2] / "src" / "whisper_endpoint" / "engines" / "vllm_scheduler.py"
+    spec = importlib.util.spec_from_file_location("burst_scheduler_under_test", path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+
+    scheduler: Any = loaded.BurstScheduler()
+    for step in range(1, 9):
+        if step == 3:
+            with pytest.raises(RuntimeError, match="a failing step"):
+                scheduler.schedule()
+        else:
+            assert scheduler.schedule() == step
+        assert scheduler._pause_state == PauseState.UNPAUSED  # restored after every step, failing ones too
+    new, open_ = PauseState.PAUSED_NEW, PauseState.UNPAUSED
+    assert scheduler.seen == [new, new, new, open_] * 2
+    scheduler.running = []  # idle: the next step admits whatever waits
+    scheduler.schedule()
+    assert scheduler.seen[-1] == open_
+    scheduler.running, scheduler._pause_state = ["a window"], PauseState.PAUSED_ALL  # vLLM's own pause stays
+    scheduler.schedule()
+    assert scheduler.seen[-1] == PauseState.PAUSED_ALL and scheduler._pause_state == PauseState.PAUSED_ALL
 
 
 def test_torch_cpu_threads_for_vllm_are_one_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
