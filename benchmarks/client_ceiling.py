@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -33,16 +32,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b'{"text": "ok"}'})
 
 
-def _wait_for_port(port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -51,8 +40,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--out", help="JSON file for the rows")
     args = parser.parse_args()
+    from benchmarks import command_line
     from benchmarks.gpu_http import corpora
-    from whisper_endpoint.bench import Load, run_load
+    from whisper_endpoint.bench import Load, run_load, wait_ready
 
     files = corpora(Path(args.data), Path(args.work), args.requests, 0)["30s"]
     server = subprocess.Popen(
@@ -61,7 +51,7 @@ def main() -> None:
     )
     rows = []
     try:
-        _wait_for_port(PORT, 30)
+        wait_ready(f"http://127.0.0.1:{PORT}", server, 30, "/")  # the app answers any path
         for level in args.concurrency:
             load = Load(files, level, args.requests, response_format="json")
             result = asyncio.run(run_load(f"http://127.0.0.1:{PORT}/v1/audio/transcriptions", load))
@@ -71,8 +61,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     if args.out:
-        argv = ["<corpus>" if a == args.data else a for a in sys.argv[1:]]  # its folder here means nothing elsewhere
-        command = " ".join(["python -m benchmarks.client_ceiling", *argv])
+        command = command_line("benchmarks.client_ceiling", args.data)
         doc = {"date": time.strftime("%Y-%m-%d"), "command": command, "rows": rows}
         Path(args.out).write_text(json.dumps(doc, indent=2))
     print("concurrency | uploads/s | RTFx (30 s uploads)")

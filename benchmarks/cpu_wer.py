@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ def main() -> None:
     os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
     from tests.datasets import clips
 
+    from benchmarks import command_line
     from benchmarks.cpu_load import score
     from whisper_endpoint.audio.decode import AudioSource
     from whisper_endpoint.config import Settings
@@ -46,8 +46,7 @@ def main() -> None:
         rows.append({"compute_type": compute_type, "wer_pct": wer_pct, "wall_s": round(wall_s, 1), "texts": texts})
         print(f"{args.model} {compute_type}: WER {wer_pct} % ({len(corpus)} clips, {wall_s:.0f} s)", flush=True)
     if args.out:
-        argv = ["<corpus>" if a == args.data else a for a in sys.argv[1:]]  # its folder here means nothing elsewhere
-        command = " ".join(["python -m benchmarks.cpu_wer", *argv])
+        command = command_line("benchmarks.cpu_wer", args.data)
         doc = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "command": command, "rows": rows}
         Path(args.out).write_text(json.dumps(doc, indent=2))
 

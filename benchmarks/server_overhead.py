@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks import command_line
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import AlignInput, Alignment, Generation, SamplingOptions, WindowInput
@@ -145,7 +146,7 @@ def main() -> None:
         "what": "HTTP server with an engine that does no work (InstantEngine): the server's own ceiling",
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python -m benchmarks.server_overhead", *sys.argv[1:]]),
+        "command": command_line("benchmarks.server_overhead", args.data),
         "rows": rows,
     }
     out = Path(args.out) / f"server-overhead-{doc['date']}.json"
