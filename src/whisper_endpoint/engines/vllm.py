@@ -37,6 +37,7 @@ SUPPRESS_BIAS = -100.0
 ADMIT_EVERY_ENV = "WHISPER_VLLM_ADMIT_EVERY_STEPS"  # read by vllm_scheduler in vLLM's engine core
 BURST_SCHEDULER = "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
 BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows of 1,500 per step held back
+VLLM_DEFAULT_BATCHED_TOKENS = 16384  # vLLM 0.26's max_num_batched_tokens when none is given
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[
     every = settings.vllm_admit_every_steps
     if every > 1:  # room on an admitting step for the windows that finished on the steps held back
         args["scheduler_cls"] = BURST_SCHEDULER
-        args["max_num_batched_tokens"] = max(16384, every * BATCHED_TOKENS_PER_ADMITTING_STEP)
+        args["max_num_batched_tokens"] = max(VLLM_DEFAULT_BATCHED_TOKENS, every * BATCHED_TOKENS_PER_ADMITTING_STEP)
     return {**args, **settings.vllm_engine_args}
 
 
