@@ -7,7 +7,8 @@ worker to the server process, and from there to the engine process. `multiproces
 a Python loop, one `read` per pipe buffer (64 KB on Linux), and gives up the GIL for each; with other
 threads busy in Python, every read waits for the GIL again (up to the 5 ms switch interval). This times
 messages from a child process into this one with 0, 1 or 4 threads spinning in Python here, with the
-default pipe buffer and with a 1 MB one (Linux's F_SETPIPE_SZ, up to /proc/sys/fs/pipe-max-size).
+default pipe buffer, with a 1 MB one (Linux's F_SETPIPE_SZ, up to /proc/sys/fs/pipe-max-size), and
+through the server's own transport (whisper_endpoint.ipc: a Unix socket read in one call per message).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from whisper_endpoint.ipc import MessageSocket
+
 WINDOW_SAMPLES = 480_000  # 30 s at 16 kHz
 F_SETPIPE_SZ = 1031  # fcntl.h; Python's fcntl names it from 3.10 on some builds only
 
 
-def send_windows(conn: Connection, count: int) -> None:
+def send_windows(conn: Connection | MessageSocket, count: int) -> None:
     window = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
     for _ in range(count):
         conn.send(window)
@@ -44,11 +47,16 @@ def spin(stop: threading.Event) -> None:
             total += i
 
 
-def messages_per_s(busy_threads: int, pipe_bytes: int | None, count: int) -> float:
+def messages_per_s(busy_threads: int, transport: str, count: int) -> float:
     context = multiprocessing.get_context("spawn")
-    reader, writer = context.Pipe(duplex=False)
-    if pipe_bytes:
-        fcntl.fcntl(reader.fileno(), F_SETPIPE_SZ, pipe_bytes)
+    reader: Connection | MessageSocket
+    writer: Connection | MessageSocket
+    if transport == "socket":
+        reader, writer = MessageSocket.pair()
+    else:
+        reader, writer = context.Pipe(duplex=False)
+        if transport == "pipe 1 MB":
+            fcntl.fcntl(reader.fileno(), F_SETPIPE_SZ, 1 << 20)
     stop = threading.Event()
     spinners = [threading.Thread(target=spin, args=(stop,)) for _ in range(busy_threads)]
     for thread in spinners:
@@ -75,10 +83,10 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
-    for pipe_bytes in (None, 1 << 20):
+    for transport in ("pipe 64 KB", "pipe 1 MB", "socket"):
         for busy in (0, 1, 4):
-            rate = messages_per_s(busy, pipe_bytes, args.count)
-            rows.append({"pipe_bytes": pipe_bytes or 65536, "busy_threads": busy, "windows_per_s": round(rate, 1)})
+            rate = messages_per_s(busy, transport, args.count)
+            rows.append({"transport": transport, "busy_threads": busy, "windows_per_s": round(rate, 1)})
             print(json.dumps(rows[-1]), flush=True)
     result = {
         "date": date.today().isoformat(),
@@ -89,9 +97,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipe-convoy.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("pipe buffer | busy threads | 30 s windows/s")
+    print("transport | busy threads | 30 s windows/s")
     for row in rows:
-        print(row["pipe_bytes"], row["busy_threads"], row["windows_per_s"], sep=" | ")
+        print(row["transport"], row["busy_threads"], row["windows_per_s"], sep=" | ")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Front-end worker processes: the same chunks and the same transcripts as in-thread decoding, and
-errors that cross the process boundary intact."""
+"""Front-end worker processes: the same chunks and the same transcripts as in-thread decoding, errors
+that cross the process boundary intact, and workers that die replaced."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 
 import numpy as np
 import pytest
@@ -12,11 +14,11 @@ from openai import BadRequestError, OpenAI
 from tests.conftest import JFK, start_server
 from tests.datasets import DATA, clips
 from whisper_endpoint.audio.chunking import iter_speech_chunks
-from whisper_endpoint.audio.decode import AudioSource, iter_audio
+from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
-from whisper_endpoint.errors import AudioDecodeError
-from whisper_endpoint.serving.frontend import decode_and_chunk
+from whisper_endpoint.errors import AudioDecodeError, ShuttingDownError
+from whisper_endpoint.serving.frontend import FrontEndProcesses, decode_and_chunk
 
 LONG = DATA / "C_longform" / "earnings22_1_4482311_3_62.flac"
 
@@ -64,3 +66,32 @@ def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2
             thread.join(timeout=30)
     for path in files:
         assert texts[(2, path.name)] == texts[(0, path.name)], path.name
+
+
+class _ExitsOnArrival:
+    """Unpickling it ends the process that receives it: a stand-in for an upload that crashes the decoder."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return os._exit, (3,)
+
+
+def test_a_dead_worker_is_replaced_and_an_upload_that_kills_twice_is_a_400() -> None:
+    pool = FrontEndProcesses(1)
+    try:
+        chunks, samples = pool.chunk(AudioSource(JFK))
+        assert samples == len(load_audio(AudioSource(JFK))) and chunks
+        (first,) = pool._idle
+        os.kill(first.process.pid or 0, signal.SIGKILL)
+        first.process.join(timeout=10)
+        again, _ = pool.chunk(AudioSource(JFK))  # the dead worker is found, replaced, the upload retried
+        assert [c.start for c in again] == [c.start for c in chunks]
+        (second,) = pool._idle
+        assert second is not first and second.process.is_alive()
+        with pytest.raises(AudioDecodeError, match="crashed"):
+            pool.chunk(_ExitsOnArrival())  # type: ignore[arg-type]
+        assert pool.chunk(AudioSource(JFK))[1] == samples  # and the pool still works
+    finally:
+        pool.close()
+    assert not pool._idle and not second.process.is_alive()
+    with pytest.raises(ShuttingDownError):
+        pool.chunk(AudioSource(JFK))

@@ -2,9 +2,10 @@
 
 vLLM's input processing (its log-mel) and output processing run in the Python process that owns the
 engine; in a process of its own they share no interpreter lock with the server or with other engines, and
-the server only ships windows (samples and prompt) and gets tokens back. Measured (docs/benchmarks.md): one
-engine 1,470x alone against 1,351x in the server's process; two GPUs 1.34x one either way, since there the
-host's CPUs were the limit. Calls are concurrent: each runs in a thread of the engine process.
+the server only ships windows (samples and prompt) and gets tokens back, over a socket that takes a
+window in one call (whisper_endpoint.ipc). Measured (docs/benchmarks.md): one engine 1,470x alone against
+1,351x in the server's process; two GPUs 1.34x one either way, since there the host's CPUs were the limit.
+Calls are concurrent: each runs in a thread of the engine process.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import itertools
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from multiprocessing.connection import Connection
 from typing import Any
 
 from whisper_endpoint.config import Settings
@@ -33,7 +32,8 @@ from whisper_endpoint.engines.base import (
     SamplingOptions,
     WindowInput,
 )
-from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError, WhisperEndpointError
+from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
+from whisper_endpoint.ipc import MessageSocket, picklable
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,8 @@ MAX_WINDOWS_PER_MESSAGE = 16  # a large call goes in parts, so the engine starts
 CLOSE_TIMEOUT_S = 60.0
 
 
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.dumps(exc)
-        return exc
-    except Exception:  # some library errors do not pickle: keep their text
-        return WhisperEndpointError(f"{type(exc).__name__}: {exc}")
-
-
 def _serve(
-    conn: Connection,
+    conn: MessageSocket,
     factory: EngineFactory,
     settings: Settings,
     env: dict[str, str],
@@ -69,7 +61,7 @@ def _serve(
     try:
         engine = factory(settings)
     except BaseException as exc:
-        conn.send(("failed", _picklable(exc)))
+        conn.send(("failed", picklable(exc)))
         return
     conn.send(("ready", (EngineDescription.of(engine), os.getpid())))
     sending = threading.Lock()
@@ -78,7 +70,7 @@ def _serve(
         try:
             reply: tuple[Any, ...] = (call_id, "ok", getattr(engine, method)(*args))
         except BaseException as exc:
-            reply = (call_id, "error", _picklable(exc))
+            reply = (call_id, "error", picklable(exc))
         with sending:
             conn.send(reply)
 
@@ -106,7 +98,7 @@ class ProcessEngine(DescribedEngine):
         cpus: frozenset[int] | None = None,
     ) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
-        self._conn, child_end = context.Pipe()
+        self._conn, child_end = MessageSocket.pair()
         self._process = context.Process(
             target=_serve,
             args=(child_end, factory, settings, env or {}, cpus, logging.getLogger().getEffectiveLevel()),
@@ -198,5 +190,6 @@ class ProcessEngine(DescribedEngine):
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout=10)
-        self._conn.close()
+        self._conn.shutdown()  # the receiver thread sees the end even if the process could not be stopped
         self._receiver.join(timeout=5)
+        self._conn.close()

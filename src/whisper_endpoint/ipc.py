@@ -1,0 +1,72 @@
+"""Messages between processes with one blocking system call per message part.
+
+`multiprocessing`'s Connection reads a message one pipe buffer (64 KB) at a time and gives up the
+interpreter lock for each read; in a process whose other threads are busy in Python, every read then
+waits for the lock again (up to the 5 ms switch interval). A 30 s window of samples (1.9 MB) took
+about 150 ms to arrive that way with one busy thread (benchmarks/pipe_convoy.py). A stream socket
+hands over a whole message in one call each way (`MSG_WAITALL` on receive; a blocking send of a
+Unix socket returns when all is sent), so the lock is given up and retaken twice per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import socket
+import struct
+from typing import Any
+
+from whisper_endpoint.errors import WhisperEndpointError
+
+_HEADER = struct.Struct("!Q")  # payload length in bytes
+
+
+class MessageSocket:
+    """One end of a connection that carries pickled objects. Sending is not locked: callers that send
+    from several threads hold a lock of their own. Picklable to a spawned child (multiprocessing
+    passes the socket's descriptor)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    def pair(cls) -> tuple[MessageSocket, MessageSocket]:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return cls(left), cls(right)
+
+    def send(self, message: object) -> None:
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._sock.sendall(_HEADER.pack(len(payload)) + payload)
+
+    def recv(self) -> Any:
+        """The next message; EOFError once the other end has closed."""
+        (size,) = _HEADER.unpack(self._recv_exactly(_HEADER.size))
+        return pickle.loads(self._recv_exactly(size))
+
+    def _recv_exactly(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        while received < size:  # more than one call only when a signal interrupts the wait
+            count = self._sock.recv_into(view[received:], size - received, socket.MSG_WAITALL)
+            if count == 0:
+                raise EOFError("the other end closed the connection")
+            received += count
+        return buffer
+
+    def shutdown(self) -> None:
+        """Wake a thread blocked in recv (it gets EOFError) without closing the descriptor under it."""
+        with contextlib.suppress(OSError):  # not connected any more
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def picklable(exc: BaseException) -> BaseException:
+    """The exception itself if it survives pickling, else a WhisperEndpointError with its text."""
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # some library errors do not pickle: keep their text
+        return WhisperEndpointError(f"{type(exc).__name__}: {exc}")

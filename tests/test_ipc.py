@@ -1,0 +1,56 @@
+"""Messages over a socket pair: large arrays between processes, and a clean end of stream."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from whisper_endpoint.errors import AudioDecodeError, WhisperEndpointError
+from whisper_endpoint.ipc import MessageSocket, picklable
+
+
+def _echo_doubled(conn: MessageSocket) -> None:
+    while (message := conn.recv()) is not None:
+        conn.send(message * 2)
+
+
+def test_windows_cross_to_a_spawned_process_and_back_intact() -> None:
+    here, there = MessageSocket.pair()
+    child = multiprocessing.get_context("spawn").Process(target=_echo_doubled, args=(there,))
+    child.start()
+    there.close()
+    try:
+        rng = np.random.default_rng(0)
+        for size in (0, 1, 480_000, 4_000_000):  # up to 16 MB, far more than a socket buffer
+            window = rng.normal(size=size).astype(np.float32)
+            here.send(window)
+            assert np.array_equal(here.recv(), window * 2)
+        here.send(None)
+        child.join(timeout=30)
+        assert child.exitcode == 0
+        with pytest.raises(EOFError):  # the child's end closed with it
+            here.recv()
+    finally:
+        child.kill()
+        here.close()
+
+
+def test_shutdown_wakes_a_reader_with_eof() -> None:
+    here, there = MessageSocket.pair()
+    here.shutdown()
+    with pytest.raises(EOFError):
+        here.recv()
+    here.close()
+    there.close()
+
+
+def test_exceptions_that_do_not_pickle_keep_their_text() -> None:
+    class Local(Exception):  # a class defined in a function cannot be pickled
+        pass
+
+    kept = AudioDecodeError("bad", param="file")
+    assert picklable(kept) is kept
+    replaced = picklable(Local("lost class"))
+    assert type(replaced) is WhisperEndpointError and "Local: lost class" in str(replaced)
