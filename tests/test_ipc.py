@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 
 import numpy as np
 import pytest
@@ -54,3 +55,28 @@ def test_exceptions_that_do_not_pickle_keep_their_text() -> None:
     assert picklable(kept) is kept
     replaced = picklable(Local("lost class"))
     assert type(replaced) is WhisperEndpointError and "Local: lost class" in str(replaced)
+
+
+class _ShortSendSocket:
+    """Sends only the first 5 bytes in sendmsg, as a send cut short by a signal does."""
+
+    def __init__(self, peer: socket.socket) -> None:
+        self.peer = peer
+
+    def sendmsg(self, parts: list[bytes]) -> int:
+        self.peer.sendall(b"".join(parts)[:5])
+        return 5
+
+    def sendall(self, data: memoryview) -> None:
+        self.peer.sendall(data)
+
+
+def test_a_send_cut_short_sends_the_rest() -> None:
+    left, right = socket.socketpair()
+    right.settimeout(10)  # a missing rest fails the test instead of hanging it
+    sender = MessageSocket(_ShortSendSocket(left))  # type: ignore[arg-type]
+    receiver = MessageSocket(right)
+    sender.send({"samples": np.arange(1000, dtype=np.float32)})
+    assert np.array_equal(receiver.recv()["samples"], np.arange(1000, dtype=np.float32))
+    left.close()
+    receiver.close()

@@ -36,7 +36,10 @@ class MessageSocket:
 
     def send(self, message: object) -> None:
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self._sock.sendall(_HEADER.pack(len(payload)) + payload)
+        header = _HEADER.pack(len(payload))
+        sent = self._sock.sendmsg([header, payload])  # no joined copy: a message can be 100 MB of chunks
+        if sent < len(header) + len(payload):  # a signal cut the send short: the rest, at the cost of a copy
+            self._sock.sendall(memoryview(header + payload)[sent:])
 
     def recv(self) -> Any:
         """The next message; EOFError once the other end has closed."""
