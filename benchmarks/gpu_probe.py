@@ -4,10 +4,11 @@
         --variant default '{}' --variant batched32k '{"vllm_engine_args": {"max_num_batched_tokens": 32768}}'
 
 Each variant (WHISPER_* settings as JSON) starts the engine in a process of its own, with the large-v3-shaped
-checkpoint, and times the same 30 s windows three ways: 100 forced tokens with scores (as in serving), 100
-without scores, and 1 token (encoder and prompt alone). During the first it samples the GPU's busy share
-(`nvidia-smi`), the CPU each thread of the engine's process tree burns (from /proc), and a `py-spy dump` of
-the processes when py-spy is installed. A table of the variants is printed last.
+checkpoint, and times the same 30 s windows four ways: 100 forced tokens with scores (as in serving),
+100 with the sampled tokens' scores but no no-speech probability (vLLM's prompt logprobs), 100 without
+scores, and 1 token (encoder and prompt alone). During the first it samples the GPU's busy share
+(`nvidia-smi`), the CPU each thread of the engine's process tree burns (from /proc), and a `py-spy dump`
+of the processes when py-spy is installed. A table of the variants is printed last.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     engine.generate([window] * 64, options)  # warm-up
     parts = [min(MAX_WINDOWS_PER_MESSAGE, args.windows - i) for i in range(0, args.windows, MAX_WINDOWS_PER_MESSAGE)]
 
-    def timed(label: str, sample: bool = False) -> None:
+    def timed(label: str, sample: bool = False, options: SamplingOptions = options) -> None:
         result: dict[str, Any] = {}
         if sample:  # in the middle of the run, once the batch is full
 
@@ -99,6 +101,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         _log(f"{args.name} {label}: {row[f'{label}_rtfx']}x, GPU busy {gpu.mean_pct} %")
 
     timed("t100", sample=True)
+    timed("t100_no_nospeech", options=replace(options, no_speech_prob=False))
     engine.scores = False
     timed("t100_noscores")
     engine.scores, engine.forced_tokens_per_30s = True, 1
@@ -136,9 +139,10 @@ def main() -> None:
         rows.append(json.loads(lines[-1]) if done.returncode == 0 and lines else {"variant": name, "error": True})
         _log(json.dumps(rows[-1]))
     (out / "gpu-probe.json").write_text(json.dumps(rows, indent=2))
-    print("variant | start s | t100 RTFx | GPU busy % | no scores | t1 RTFx")
+    print("variant | start s | t100 RTFx | GPU busy % | no no-speech prob | no scores | t1 RTFx")
+    keys = ("start_s", "t100_rtfx", "t100_gpu_busy_pct", "t100_no_nospeech_rtfx", "t100_noscores_rtfx", "t1_rtfx")
     for r in rows:
-        cells = [r.get(k) for k in ("start_s", "t100_rtfx", "t100_gpu_busy_pct", "t100_noscores_rtfx", "t1_rtfx")]
+        cells = [r.get(k) for k in keys]
         print(r["variant"], *cells, sep=" | ")
 
 

@@ -40,6 +40,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         word_timestamps=args.word_timestamps,
         strategy=args.strategy,
         beam_size=args.beam_size,
+        report_no_speech_prob=args.format == "verbose_json",
     )
     failures = 0
     for path in args.files:

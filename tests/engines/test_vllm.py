@@ -172,6 +172,8 @@ def test_sampling_arguments() -> None:
     assert forced["min_tokens"] == forced["max_tokens"] == 100 and forced["ignore_eos"] is True
     fast = sampling_kwargs(SamplingOptions(), prompt_len=4, scores=False)
     assert fast["logprobs"] is None and fast["prompt_logprobs"] is None
+    unasked = sampling_kwargs(SamplingOptions(no_speech_prob=False), prompt_len=4)
+    assert unasked["logprobs"] == 0 and unasked["prompt_logprobs"] is None  # the silence rule asks again if needed
 
 
 def test_outputs_become_generations_with_timestamps_and_scores(engine: CTranslate2Engine) -> None:

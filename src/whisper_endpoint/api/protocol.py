@@ -102,5 +102,6 @@ def parse_audio_request(
         word_timestamps="word" in grains,
         token_logprobs="logprobs" in includes,
         strategy=_chunking(form, chunking_strategy, default_strategy),
+        report_no_speech_prob=fmt == "verbose_json",
     )
     return AudioRequest(options, fmt, grains, "logprobs" in includes, bool(stream))  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
@@ -24,8 +24,10 @@ class Decoded:
 
     def is_silence(self, options: DecodeOptions) -> bool:
         """openai/whisper's rule: likely no speech, and the decode is unsure of what it heard."""
+        no_speech = self.generation.no_speech_prob
         return (
-            self.generation.no_speech_prob > options.no_speech_threshold
+            no_speech is not None
+            and no_speech > options.no_speech_threshold
             and self.avg_logprob < options.logprob_threshold
         )
 
@@ -47,10 +49,15 @@ def compression_ratio(text: str) -> float:
 
 
 def decode_with_fallback(engine: Engine, windows: Sequence[WindowInput], options: DecodeOptions) -> list[Decoded]:
-    """Decode all windows at the first temperature; retry only the failing ones at the next."""
+    """Decode all windows at the first temperature; retry only the failing ones at the next.
+
+    Unless the caller reports it, the no-speech probability is computed only where the silence rule reads
+    it: for a decode whose mean log-probability is below the threshold, with a one-token decode of that
+    window. It depends on the audio and prompt only, so one value serves every temperature."""
     attempts: list[list[Decoded]] = [[] for _ in windows]
     pending = list(range(len(windows)))
     suppress = tuple(engine.tokenizer.non_speech_tokens) if options.suppress_non_speech_symbols else (-1,)
+    no_speech: dict[int, float] = {}
     for temperature in options.temperatures:
         if not pending:
             break
@@ -59,25 +66,49 @@ def decode_with_fallback(engine: Engine, windows: Sequence[WindowInput], options
             beam_size=options.beam_size if temperature == 0 else 1,
             token_logprobs=options.token_logprobs,
             suppress_tokens=suppress,
+            no_speech_prob=options.report_no_speech_prob,
         )
         generations = engine.generate([windows[i] for i in pending], sampling)
+        decoded = {
+            i: _decoded(g, temperature, windows[i], engine, options) for i, g in zip(pending, generations, strict=True)
+        }
+        unsure = [
+            i
+            for i, d in decoded.items()
+            if d.generation.no_speech_prob is None and d.avg_logprob < options.logprob_threshold and i not in no_speech
+        ]
+        no_speech.update(zip(unsure, _no_speech_probs(engine, [windows[i] for i in unsure], suppress), strict=True))
         retry = []
-        for index, generation in zip(pending, generations, strict=True):
-            text = engine.tokenizer.decode([t for t in generation.tokens if t < engine.tokenizer.eot])
-            ratio = compression_ratio(text)
-            decoded = Decoded(
-                generation,
-                temperature,
-                avg_logprob=generation.sum_logprob / (len(generation.tokens) + 1),
-                compression_ratio=ratio,
-                looping=ratio > options.compression_ratio_threshold
-                and not _explained_by_audio(generation, text, windows[index].duration_ms, engine),
-            )
-            attempts[index].append(decoded)
-            if _failed(decoded, options) and not decoded.is_silence(options):
+        for index, attempt in decoded.items():
+            if attempt.generation.no_speech_prob is None and index in no_speech:
+                attempt = replace(attempt, generation=replace(attempt.generation, no_speech_prob=no_speech[index]))
+            attempts[index].append(attempt)
+            if _failed(attempt, options) and not attempt.is_silence(options):
                 retry.append(index)
         pending = retry
     return [_best(tries, options) for tries in attempts]
+
+
+def _decoded(
+    generation: Generation, temperature: float, window: WindowInput, engine: Engine, options: DecodeOptions
+) -> Decoded:
+    text = engine.tokenizer.decode([t for t in generation.tokens if t < engine.tokenizer.eot])
+    ratio = compression_ratio(text)
+    return Decoded(
+        generation,
+        temperature,
+        avg_logprob=generation.sum_logprob / (len(generation.tokens) + 1),
+        compression_ratio=ratio,
+        looping=ratio > options.compression_ratio_threshold
+        and not _explained_by_audio(generation, text, window.duration_ms, engine),
+    )
+
+
+def _no_speech_probs(engine: Engine, windows: Sequence[WindowInput], suppress: tuple[int, ...]) -> list[float]:
+    if not windows:
+        return []
+    asked = SamplingOptions(max_new_tokens=1, suppress_tokens=suppress, no_speech_prob=True)
+    return [g.no_speech_prob or 0.0 for g in engine.generate(windows, asked)]
 
 
 def _explained_by_audio(generation: Generation, text: str, duration_ms: int, engine: Engine) -> bool:

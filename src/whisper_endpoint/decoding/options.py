@@ -32,3 +32,6 @@ class DecodeOptions:
     no_speech_threshold: float = NO_SPEECH_THRESHOLD
     batch_size: int = 8  # windows a request hands to the engine at once (batched strategy)
     suppress_non_speech_symbols: bool = False
+    # verbose_json shows each segment's no-speech probability; otherwise only the silence rule reads it, and
+    # only for a decode whose mean log-probability is below the threshold (see decode_with_fallback).
+    report_no_speech_prob: bool = True

@@ -258,7 +258,7 @@ def _emit(
                 temperature=result.temperature,
                 avg_logprob=result.avg_logprob,
                 compression_ratio=result.compression_ratio,
-                no_speech_prob=result.generation.no_speech_prob,
+                no_speech_prob=result.generation.no_speech_prob or 0.0,  # None only where no format shows it
                 words=tuple(words[w][s]) if words else (),
                 logprobs=tuple(logprobs[piece.text_offset : piece.text_offset + len(piece.text_tokens)]),
             )

@@ -38,6 +38,7 @@ class SamplingOptions:
     suppress_tokens: tuple[int, ...] = (-1,)
     token_logprobs: bool = False
     max_initial_timestamp_index: int = 50
+    no_speech_prob: bool = True  # False: the engine may skip computing it and report None
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Generation:
 
     tokens: tuple[int, ...]
     sum_logprob: float
-    no_speech_prob: float
+    no_speech_prob: float | None  # None: not computed, the call did not ask for it
     token_logprobs: tuple[float, ...] | None = None
 
 

@@ -89,7 +89,7 @@ class CTranslate2Engine:
             beam_size=1 if sampling else options.beam_size,
             max_length=min(MAX_DECODER_POSITIONS, options.max_new_tokens + max(len(w.prompt) for w in windows)),
             return_scores=True,
-            return_no_speech_prob=True,
+            return_no_speech_prob=options.no_speech_prob,
             return_logits_vocab=options.token_logprobs,
             suppress_blank=options.suppress_blank,
             suppress_tokens=list(options.suppress_tokens),
@@ -106,7 +106,8 @@ class CTranslate2Engine:
             token_logprobs = None
             if options.token_logprobs:
                 token_logprobs = self._token_logprobs(result.logits[0], tokens)
-            generations.append(Generation(tuple(tokens), sum_logprob, float(result.no_speech_prob), token_logprobs))
+            no_speech = float(result.no_speech_prob) if options.no_speech_prob else None
+            generations.append(Generation(tuple(tokens), sum_logprob, no_speech, token_logprobs))
         return generations
 
     @staticmethod

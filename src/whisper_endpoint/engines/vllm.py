@@ -99,14 +99,16 @@ def sampling_kwargs(
     model_suppress: Sequence[int] = (),
 ) -> dict[str, Any]:
     """SamplingParams arguments for one window: logprobs of the sampled tokens, and of the token after
-    <|startoftranscript|> (prompt_logprobs) for the no-speech probability. A -1 among the tokens to
+    <|startoftranscript|> (prompt_logprobs) for the no-speech probability when asked for (vLLM computes
+    prompt logprobs request by request: a fifth of the throughput when every window asks, measured in
+    docs/benchmarks.md; sampled tokens' logprobs cost nothing measurable). A -1 among the tokens to
     suppress stands for the model's own list (`model_suppress`), as in openai/whisper."""
     max_tokens = max(1, min(options.max_new_tokens, MAX_MODEL_LEN - prompt_len))
     kwargs: dict[str, Any] = {
         "temperature": options.temperature,
         "max_tokens": max_tokens,
         "logprobs": 0 if scores or options.token_logprobs else None,
-        "prompt_logprobs": 1 if scores else None,
+        "prompt_logprobs": 1 if scores and options.no_speech_prob else None,
         "skip_special_tokens": False,
         "detokenize": False,
     }
@@ -140,7 +142,7 @@ def no_speech_probability(prompt: Sequence[int], prompt_logprobs: Sequence[Any] 
 
 
 def to_generation(
-    token_ids: Sequence[int], logprobs: Sequence[Any] | None, no_speech_prob: float, eot: int, per_token: bool
+    token_ids: Sequence[int], logprobs: Sequence[Any] | None, no_speech_prob: float | None, eot: int, per_token: bool
 ) -> Generation:
     """vLLM's output as a Generation: EOT dropped, log-probabilities summed over every sampled token."""
     steps = [_logprob(step[token]) for token, step in zip(token_ids, logprobs or [], strict=False) if token in step]
@@ -311,7 +313,9 @@ class VllmEngine:
         generations = []
         for window, output in zip(windows, outputs, strict=True):
             completion = output.outputs[0]
-            no_speech = no_speech_probability(window.prompt, output.prompt_logprobs, self.tokenizer)
+            no_speech = None
+            if options.no_speech_prob:
+                no_speech = no_speech_probability(window.prompt, output.prompt_logprobs, self.tokenizer)
             generation = to_generation(
                 completion.token_ids, completion.logprobs, no_speech, self.tokenizer.eot, options.token_logprobs
             )
