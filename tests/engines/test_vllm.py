@@ -57,22 +57,22 @@ def test_configuration_follows_the_compute_capability() -> None:
 def test_engine_arguments_take_the_chosen_configuration_then_the_users_own(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WHISPER_VLLM_ENGINE_ARGS", '{"max_num_batched_tokens": 32768, "max_num_seqs": 384}')
+    monkeypatch.setenv("WHISPER_VLLM_ENGINE_ARGS", '{"max_num_batched_tokens": 16384, "max_num_seqs": 384}')
     settings = Settings()
-    assert settings.vllm_engine_args == {"max_num_batched_tokens": 32768, "max_num_seqs": 384}
+    assert settings.vllm_engine_args == {"max_num_batched_tokens": 16384, "max_num_seqs": 384}
     args = engine_args(tmp_path, choose_settings(settings, (9, 0), "dummy"), settings)
     assert (args["model"], args["kv_cache_dtype"], args["load_format"]) == (str(tmp_path), "fp8_e4m3", "dummy")
-    assert (args["max_num_batched_tokens"], args["max_num_seqs"]) == (32768, 384)  # the user's win
+    assert (args["max_num_batched_tokens"], args["max_num_seqs"]) == (16384, 384)  # the user's win
     monkeypatch.delenv("WHISPER_VLLM_ENGINE_ARGS")
     plain = engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
-    assert "max_num_batched_tokens" not in plain and plain["max_num_seqs"] == 256
+    assert plain["max_num_batched_tokens"] == 32768 and plain["max_num_seqs"] == 256
 
 
 def test_windows_are_admitted_in_bursts_only_while_others_decode(tmp_path: Path) -> None:
-    bursts = Settings(vllm_admit_every_steps=4)
+    bursts = Settings(vllm_admit_every_steps=8)
     args = engine_args(tmp_path, choose_settings(bursts, (9, 0)), bursts)
     assert args["scheduler_cls"] == "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
-    assert args["max_num_batched_tokens"] == 32768  # room for the windows that finished while held
+    assert args["max_num_batched_tokens"] == 65536  # room for the windows that finished while held
     assert "scheduler_cls" not in engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
     assert [holds_new_windows(step, 4, running=300) for step in range(8)] == [False, True, True, True] * 2
     assert not any(holds_new_windows(step, 4, running=0) for step in range(8))  # an idle engine admits at once

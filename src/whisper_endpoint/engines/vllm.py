@@ -37,7 +37,10 @@ SUPPRESS_BIAS = -100.0
 ADMIT_EVERY_ENV = "WHISPER_VLLM_ADMIT_EVERY_STEPS"  # read by vllm_scheduler in vLLM's engine core
 BURST_SCHEDULER = "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
 BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows of 1,500 per step held back
-VLLM_DEFAULT_BATCHED_TOKENS = 16384  # vLLM 0.26's max_num_batched_tokens when none is given
+# Tokens per step, encoder positions included: room for about 20 windows' encoders a step (vLLM's default,
+# 16,384, gives 10). 1,662 and 1,745x against 1,224x with the default on one H100, 100 tokens a window
+# (docs/benchmarks.md).
+BATCHED_TOKENS = 32768
 
 
 @dataclass(frozen=True)
@@ -245,11 +248,12 @@ def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[
         # for that, and audio windows never repeat anyway.
         "mm_processor_cache_gb": 0,
         "disable_log_stats": True,
+        "max_num_batched_tokens": BATCHED_TOKENS,
     }
     every = settings.vllm_admit_every_steps
     if every > 1:  # room on an admitting step for the windows that finished on the steps held back
         args["scheduler_cls"] = BURST_SCHEDULER
-        args["max_num_batched_tokens"] = max(VLLM_DEFAULT_BATCHED_TOKENS, every * BATCHED_TOKENS_PER_ADMITTING_STEP)
+        args["max_num_batched_tokens"] = max(BATCHED_TOKENS, every * BATCHED_TOKENS_PER_ADMITTING_STEP)
     return {**args, **settings.vllm_engine_args}
 
 
