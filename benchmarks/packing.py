@@ -37,7 +37,7 @@ def main() -> None:
     for clip in corpus:
         audio = load_audio(AudioSource(clip.path))[: 30 * SAMPLE_RATE]
         windows.append(WindowInput(log_mel_window(audio, engine.n_mels), sot, len(audio) * 1000 // SAMPLE_RATE, audio))
-    options = SamplingOptions(suppress_tokens=tuple(engine.tokenizer.non_speech_tokens), no_speech_prob=False)
+    options = SamplingOptions(suppress_tokens=tuple(engine.tokenizer.non_speech_tokens))
     audio_s = sum(c.duration_s for c in corpus)
     for mode in ("plain", "packed"):
         started = time.monotonic()

@@ -38,8 +38,8 @@ ADMIT_EVERY_ENV = "WHISPER_VLLM_ADMIT_EVERY_STEPS"  # read by vllm_scheduler in 
 BURST_SCHEDULER = "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
 BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows of 1,500 per step held back
 # Tokens per step, encoder positions included: room for about 20 windows' encoders a step (vLLM's default,
-# 16,384, gives 10). 1,662 and 1,745x against 1,224x with the default on one H100, 100 tokens a window
-# (docs/benchmarks.md).
+# 16,384, gives 10). Engine alone, 100 tokens a window: 1,642x against 1,351x on one H100, 1,662 and 1,745x
+# against 1,224x on another (docs/benchmarks.md).
 BATCHED_TOKENS = 32768
 
 
@@ -103,7 +103,7 @@ def sampling_kwargs(
 ) -> dict[str, Any]:
     """SamplingParams arguments for one window: logprobs of the sampled tokens, and of the token after
     <|startoftranscript|> (prompt_logprobs) for the no-speech probability when asked for (vLLM computes
-    prompt logprobs request by request: a fifth of the throughput when every window asks, measured in
+    prompt logprobs request by request: 11 to 19 % of the throughput when every window asks, measured in
     docs/benchmarks.md; sampled tokens' logprobs cost nothing measurable). A -1 among the tokens to
     suppress stands for the model's own list (`model_suppress`), as in openai/whisper."""
     max_tokens = max(1, min(options.max_new_tokens, MAX_MODEL_LEN - prompt_len))

@@ -44,7 +44,7 @@ def _packable(window: WindowInput, options: SamplingOptions, tokenizer: Tokenize
         window.duration_ms <= MAX_MEMBER_MS
         and options.temperature == 0  # fallback retries decode alone
         and not options.token_logprobs
-        and not options.no_speech_prob  # a packed window's no-speech probability is no one member's
+        and options.max_new_tokens > 1  # a one-token decode, for a window's no-speech probability, has no text to split
         and window.prompt[:1] == (tokenizer.sot,)  # no previous text to condition on
         and tokenizer.no_timestamps not in window.prompt
     )
