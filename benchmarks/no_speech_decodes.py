@@ -48,7 +48,6 @@ def main() -> None:
     parser.add_argument("--model", default="base")
     parser.add_argument("--out")
     args = parser.parse_args()
-    os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())
     from benchmarks import command_line
     from whisper_endpoint.audio.decode import AudioSource
     from whisper_endpoint.config import Settings
