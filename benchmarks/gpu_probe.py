@@ -8,7 +8,9 @@ checkpoint, and times the same 30 s windows four ways: 100 forced tokens with sc
 100 with the sampled tokens' scores but no no-speech probability (vLLM's prompt logprobs), 100 without
 scores, and 1 token (encoder and prompt alone). During the first it samples the GPU's busy share
 (`nvidia-smi`), the CPU each thread of the engine's process tree burns (from /proc), and a `py-spy dump`
-of the processes when py-spy is installed. A table of the variants is printed last.
+of the processes when py-spy is installed. `--timings` picks some of the four ways. `--profile-steps N`
+adds one more untimed run of the second way with vLLM's torch profiler over N engine steps once the batch is
+full, and writes the trace and its summary (`benchmarks.gpu_trace`). A table of the variants is printed last.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks import gpu_trace
 from benchmarks.gpu_check import large_v3_shape, noise_window
 from benchmarks.proc_stats import GpuBusy, cpu_by_thread, descendants
 from whisper_endpoint.engines.process import MAX_WINDOWS_PER_MESSAGE
 
-PREPARING_THREADS = os.cpu_count() or 1
+TIMINGS = ("t100", "t100_no_nospeech", "t100_noscores", "t1")
 
 
 def _log(message: str) -> None:
@@ -65,6 +68,17 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     from whisper_endpoint.engines.vllm import VllmEngine
 
     variant = json.loads(args.settings)
+    trace_dir = Path(args.work) / f"trace-{args.name}"
+    if args.profile_steps:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+        profiler = {
+            "profiler": "torch",
+            "torch_profiler_dir": str(trace_dir),
+            "torch_profiler_with_stack": False,
+            "delay_iterations": args.profile_delay,
+            "max_iterations": args.profile_steps,
+        }
+        variant = {**variant, "vllm_engine_args": {**variant.get("vllm_engine_args", {}), "profiler_config": profiler}}
     defaults = {"model": args.model, "load_format": "dummy", "max_num_seqs": 512, "forced_tokens_per_30s": 100}
     settings = Settings(**{**defaults, **variant})
     started = time.monotonic()
@@ -89,8 +103,9 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         with GpuBusy() as gpu:
             t0 = time.monotonic()
             # In parts from many threads, as an engine process receives a large call: each caller thread
-            # prepares its own windows' inputs (vLLM's log-mel), so one thread does not bound the rate.
-            with ThreadPoolExecutor(PREPARING_THREADS) as pool:
+            # prepares its own windows' inputs (vLLM's log-mel), so one thread does not bound the rate. A
+            # thread waits for its part before taking the next, so at most `in_flight` windows are in vLLM.
+            with ThreadPoolExecutor(max(1, args.in_flight // MAX_WINDOWS_PER_MESSAGE)) as pool:
                 list(pool.map(lambda part: engine.generate([window] * part, options), parts))
             wall = time.monotonic() - t0
         if sample:
@@ -100,12 +115,26 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         row[f"{label}_gpu_busy_pct"] = gpu.mean_pct
         _log(f"{args.name} {label}: {row[f'{label}_rtfx']}x, GPU busy {gpu.mean_pct} %")
 
-    timed("t100", sample=True)
-    timed("t100_no_nospeech", options=replace(options, no_speech_prob=False))
-    engine.scores = False
-    timed("t100_noscores")
-    engine.scores, engine.forced_tokens_per_30s = True, 1
-    timed("t1")
+    wanted = set(args.timings)
+    no_nospeech = replace(options, no_speech_prob=False)
+    if "t100" in wanted:
+        timed("t100", sample=True)
+    if "t100_no_nospeech" in wanted:
+        timed("t100_no_nospeech", options=no_nospeech, sample="t100" not in wanted)
+    if args.profile_steps:
+        engine._llm.start_profile()  # the driver is idle between runs, so the engine's client is free
+        timed("profiled", options=no_nospeech)
+        engine._llm.stop_profile()
+        row["profile"] = [gpu_trace.summarize(t) for t in sorted(trace_dir.glob("*.json*"))]
+        for t in trace_dir.glob("*.json*"):
+            shutil.copy(t, Path(args.out) / f"trace-{args.name}{''.join(t.suffixes[-2:])}")
+    if "t100_noscores" in wanted:
+        engine.scores = False
+        timed("t100_noscores")
+        engine.scores = True
+    if "t1" in wanted:
+        engine.forced_tokens_per_30s = 1
+        timed("t1")
     engine.close()
     return row
 
@@ -118,6 +147,10 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--windows", type=int, default=1024)
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
+    parser.add_argument("--in-flight", type=int, default=256, help="windows submitted and not finished, at most")
+    parser.add_argument("--timings", nargs="+", choices=TIMINGS, default=list(TIMINGS))
+    parser.add_argument("--profile-steps", type=int, default=0, help="profile this many engine steps (0: none)")
+    parser.add_argument("--profile-delay", type=int, default=150, help="engine steps before the profile starts")
     parser.add_argument("--one", action="store_true", help="(internal) one variant in this process")
     parser.add_argument("--model")
     parser.add_argument("--name")
@@ -132,18 +165,21 @@ def main() -> None:
     rows = []
     for name, settings in args.variant or [("default", "{}")]:
         cmd = [sys.executable, "-m", "benchmarks.gpu_probe", "--one", "--model", str(checkpoint), "--name", name]
-        cmd += ["--settings", settings, "--windows", str(args.windows), "--out", str(out)]
+        cmd += ["--settings", settings, "--windows", str(args.windows), "--out", str(out), "--work", args.work]
+        cmd += ["--timings", *args.timings, "--profile-steps", str(args.profile_steps)]
+        cmd += ["--profile-delay", str(args.profile_delay), "--in-flight", str(args.in_flight)]
         with (out / f"probe-{name}.log").open("w") as log:
             done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
         lines = done.stdout.strip().splitlines()
         rows.append(json.loads(lines[-1]) if done.returncode == 0 and lines else {"variant": name, "error": True})
         _log(json.dumps(rows[-1]))
     (out / "gpu-probe.json").write_text(json.dumps(rows, indent=2))
-    print("variant | start s | t100 RTFx | GPU busy % | no no-speech prob | no scores | t1 RTFx")
-    keys = ("start_s", "t100_rtfx", "t100_gpu_busy_pct", "t100_no_nospeech_rtfx", "t100_noscores_rtfx", "t1_rtfx")
+    keys = ("start_s", *(f"{t}_rtfx" for t in args.timings), "t100_gpu_busy_pct")
+    print("variant", *keys, sep=" | ")
     for r in rows:
-        cells = [r.get(k) for k in keys]
-        print(r["variant"], *cells, sep=" | ")
+        print(r["variant"], *(r.get(k) for k in keys), sep=" | ")
+        for summary in r.get("profile", []):
+            print("  profile:", summary.get("busy_pct"), "% busy;", summary.get("by_family_ms_pct"))
 
 
 if __name__ == "__main__":
