@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         description="vLLM admits new windows on every Nth step only while others decode, so the steps between "
         "run as CUDA graphs (vLLM runs steps that encode new audio eagerly); 1: on every step.",
     )
+    vllm_compile_encoder: bool = Field(
+        False,
+        description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",
+    )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '

@@ -295,6 +295,10 @@ class VllmEngine:
         self.scores = settings.vllm_scores
         args = engine_args(folder, chosen, settings)
         os.environ[ADMIT_EVERY_ENV] = str(settings.vllm_admit_every_steps)  # for vLLM's engine core
+        if settings.vllm_compile_encoder:
+            from whisper_endpoint.engines.vllm_encoder import compile_encoder_layers
+
+            compile_encoder_layers()
         self.max_batch_size = int(args["max_num_seqs"])
         llm = LLM(**args)
         self._llm = llm
