@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import socket
 
 import numpy as np
 import pytest
 
 from whisper_endpoint.errors import AudioDecodeError, WhisperEndpointError
-from whisper_endpoint.ipc import MessageSocket, picklable
+from whisper_endpoint.ipc import MessageSocket, picklable, spawn_child
 
 
 def _echo_doubled(conn: MessageSocket) -> None:
@@ -18,10 +17,7 @@ def _echo_doubled(conn: MessageSocket) -> None:
 
 
 def test_windows_cross_to_a_spawned_process_and_back_intact() -> None:
-    here, there = MessageSocket.pair()
-    child = multiprocessing.get_context("spawn").Process(target=_echo_doubled, args=(there,))
-    child.start()
-    there.close()
+    here, child = spawn_child(_echo_doubled, (), "echo")
     try:
         rng = np.random.default_rng(0)
         for size in (0, 1, 480_000, 4_000_000):  # up to 16 MB, far more than a socket buffer

@@ -11,9 +11,12 @@ Unix socket returns when all is sent), so the lock is given up and retaken twice
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import pickle
 import socket
 import struct
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from whisper_endpoint.errors import WhisperEndpointError
@@ -64,6 +67,20 @@ class MessageSocket:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def spawn_child(
+    target: Callable[..., None], args: tuple[Any, ...], name: str, daemon: bool = False
+) -> tuple[MessageSocket, BaseProcess]:
+    """A started child process running `target(connection, *args)`, and this end of the connection.
+    Spawned, never forked: the parent holds threads, and may hold CUDA state."""
+    conn, child_end = MessageSocket.pair()
+    process = multiprocessing.get_context("spawn").Process(
+        target=target, args=(child_end, *args), name=name, daemon=daemon
+    )
+    process.start()
+    child_end.close()  # the child has its own copy; EOF reaches us when the child's closes
+    return conn, process
 
 
 def picklable(exc: BaseException) -> BaseException:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -33,7 +32,7 @@ from whisper_endpoint.engines.base import (
     WindowInput,
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
-from whisper_endpoint.ipc import MessageSocket, picklable
+from whisper_endpoint.ipc import MessageSocket, picklable, spawn_child
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +96,8 @@ class ProcessEngine(DescribedEngine):
         env: dict[str, str] | None = None,
         cpus: frozenset[int] | None = None,
     ) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
-        self._conn, child_end = MessageSocket.pair()
-        self._process = context.Process(
-            target=_serve,
-            args=(child_end, factory, settings, env or {}, cpus, logging.getLogger().getEffectiveLevel()),
-            name="whisper-engine",
-        )
-        self._process.start()
-        child_end.close()
+        level = logging.getLogger().getEffectiveLevel()
+        self._conn, self._process = spawn_child(_serve, (factory, settings, env or {}, cpus, level), "whisper-engine")
         try:
             status, payload = self._conn.recv()
         except (EOFError, OSError):

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import signal
 import threading
 from collections.abc import Iterator
-from multiprocessing.process import BaseProcess
 
 from whisper_endpoint.audio.chunking import AudioChunk
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.transcribe import RunInfo, local_speech_chunks
 from whisper_endpoint.errors import AudioDecodeError, ShuttingDownError
-from whisper_endpoint.ipc import MessageSocket, picklable
+from whisper_endpoint.ipc import MessageSocket, picklable, spawn_child
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +60,7 @@ def _work(conn: MessageSocket) -> None:
 
 class _Worker:
     def __init__(self) -> None:
-        # spawn, not fork: the server process holds threads (and, with vLLM, CUDA state).
-        self.conn, child_end = MessageSocket.pair()
-        self.process: BaseProcess = multiprocessing.get_context("spawn").Process(
-            target=_work, args=(child_end,), name="whisper-front-end", daemon=True
-        )
-        self.process.start()
-        child_end.close()
+        self.conn, self.process = spawn_child(_work, (), "whisper-front-end", daemon=True)
 
     def run(self, source: AudioSource) -> tuple[list[AudioChunk], int]:
         """The worker's answer; EOFError or OSError when the process died on the way."""
