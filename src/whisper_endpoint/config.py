@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         False,
         description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",
     )
+    vllm_triton_cross_attention: bool = Field(
+        False,
+        description="Experimental: the decoder's cross-attention on decode steps in a Triton kernel of ours "
+        "instead of FlashAttention (not yet measured on a GPU).",
+    )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '

@@ -1,0 +1,199 @@
+"""Whisper's decoder cross-attention on decode steps, as a Triton kernel inside vLLM (experimental, off).
+
+A profile of the engine (docs/benchmarks.md) put half of all GPU time in the decoder's attention: each
+decoded token of each window reads its 1,500 cross-attention positions in all 32 layers (123 MB of fp8 keys
+and values for large-v3), and FlashAttention 3 reads them at about half of an H100's bandwidth, since one
+query row per sequence and head fills one of its 64-row tiles. This kernel is a plain memory-bound loop
+instead: one program per sequence and head walks that head's pages of the cache, scores and sums on CUDA
+cores, with an online softmax. It replaces vLLM's FlashAttention call only for cross-attention on steps where
+every sequence decodes one token (most steps); anything else goes to FlashAttention as before.
+
+vLLM's cache for one layer is [blocks, heads, block_size, 2 * head_size]: a token's key and value side by
+side, so a head's page is one contiguous run. The query arrives quantised to the cache's fp8 type when vLLM
+quantises it for FlashAttention; its scale is applied here.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+log = logging.getLogger(__name__)
+TOKENS_PER_ITERATION = 64  # positions scored per loop iteration of one program
+PATCHED_MARK = "_whisper_endpoint_cross_attention"
+
+
+@cache
+def _kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[untyped-decorator]  # parameters unannotated: Triton reads annotations
+    def cross_attention_decode_kernel(  # type: ignore[no-untyped-def]
+        query,  # [tokens, heads, head_size]
+        kv_cache,  # [blocks, heads, block_size, 2 * head_size]
+        block_table,  # [sequences, max blocks]
+        seq_lens,  # [sequences] encoder positions to attend to
+        query_start,  # [sequences + 1] each sequence's first query token
+        output,  # [tokens, heads, head_size]
+        q_scale_ptr,  # float32 dequantisation scales (1.0 where not quantised)
+        k_scale_ptr,
+        v_scale_ptr,
+        softmax_scale,
+        num_query_tokens,
+        q_stride_token,
+        q_stride_head,
+        kv_stride_block,
+        kv_stride_head,
+        kv_stride_position,
+        bt_stride,
+        out_stride_token,
+        out_stride_head,
+        HEAD_SIZE: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+        TOKENS: tl.constexpr,
+    ):
+        seq = tl.program_id(0)
+        head = tl.program_id(1)
+        token = tl.load(query_start + seq)
+        real = token < num_query_tokens  # not a padded sequence of a CUDA graph's batch
+        seq_len = tl.load(seq_lens + seq, mask=real, other=0)  # padded sequences do no work
+        dims = tl.arange(0, HEAD_SIZE)
+        q_scale = tl.load(q_scale_ptr)
+        k_scale = tl.load(k_scale_ptr)
+        v_scale = tl.load(v_scale_ptr)
+        q = tl.load(query + token * q_stride_token + head * q_stride_head + dims, mask=real, other=0.0).to(tl.float32)
+        q = q * (q_scale * k_scale * softmax_scale)
+        positions = tl.arange(0, TOKENS)
+        running_max = tl.full((), float("-inf"), tl.float32)
+        denominator = tl.zeros((), tl.float32)
+        acc = tl.zeros((HEAD_SIZE,), tl.float32)
+        for start in range(0, seq_len, TOKENS):
+            position = start + positions
+            valid = position < seq_len
+            page = tl.load(block_table + seq * bt_stride + position // BLOCK_SIZE, mask=valid, other=0)
+            row = kv_cache + page.to(tl.int64) * kv_stride_block + head * kv_stride_head
+            row = row + (position % BLOCK_SIZE) * kv_stride_position
+            k = tl.load(row[:, None] + dims[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+            scores = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+            weights = tl.exp(scores - new_max)
+            correction = tl.exp(running_max - new_max)
+            v = tl.load(row[:, None] + HEAD_SIZE + dims[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+            denominator = denominator * correction + tl.sum(weights, axis=0)
+            acc = acc * correction + tl.sum(weights[:, None] * v, axis=0)
+            running_max = new_max
+        out = acc * v_scale / tl.maximum(denominator, 1e-30)  # a sequence with no positions gets zeros
+        destination = output + token * out_stride_token + head * out_stride_head + dims
+        tl.store(destination, out.to(output.dtype.element_ty), mask=real)
+
+    return cross_attention_decode_kernel
+
+
+def cross_attention_decode(
+    query: Any,
+    kv_cache: Any,
+    block_table: Any,
+    seq_lens: Any,
+    query_start: Any,
+    output: Any,
+    scales: tuple[Any, Any, Any],
+    softmax_scale: float,
+) -> None:
+    """Attention of each sequence's one query token over its cached positions, into `output`.
+
+    query, output: [tokens, heads, head_size]; kv_cache: [blocks, heads, block_size, 2 * head_size];
+    scales: float32 tensors dequantising query, keys and values (1.0 where not quantised)."""
+    sequences = query_start.shape[0] - 1
+    heads, head_size = query.shape[1], query.shape[2]
+    _kernel()[(sequences, heads)](
+        query,
+        kv_cache,
+        block_table,
+        seq_lens,
+        query_start,
+        output,
+        *scales,
+        softmax_scale,
+        query.shape[0],
+        query.stride(0),
+        query.stride(1),
+        kv_cache.stride(0),
+        kv_cache.stride(1),
+        kv_cache.stride(2),
+        block_table.stride(0),
+        output.stride(0),
+        output.stride(1),
+        HEAD_SIZE=head_size,
+        BLOCK_SIZE=kv_cache.shape[2],
+        TOKENS=TOKENS_PER_ITERATION,
+    )
+
+
+def takes_this_path(impl: Any, attn_metadata: Any, output_scale: Any, encoder_decoder: Any) -> bool:
+    """Cross-attention on a step where every sequence decodes one token, in the plain configuration."""
+    return (
+        impl.attn_type == encoder_decoder
+        and attn_metadata is not None
+        and attn_metadata.max_query_len == 1
+        and not attn_metadata.use_cascade
+        and output_scale is None
+        and getattr(impl, "dcp_world_size", 1) == 1
+    )
+
+
+def patch_flash_attention() -> bool:
+    """Route vLLM's FlashAttention forward through `cross_attention_decode` where `takes_this_path`; False
+    where vLLM's FlashAttention backend is not there. Made before vLLM forks its engine core, which inherits it."""
+    try:
+        import torch
+        from vllm.v1.attention.backend import AttentionType
+        from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+    except ImportError:
+        return False
+    if getattr(FlashAttentionImpl.forward, PATCHED_MARK, False):
+        return True
+    flash_forward = FlashAttentionImpl.forward
+    fp8 = torch.float8_e4m3fn
+    ones: dict[Any, Any] = {}
+
+    def forward(
+        self: Any,
+        layer: Any,
+        query: Any,
+        key: Any,
+        value: Any,
+        kv_cache: Any,
+        attn_metadata: Any,
+        output: Any,
+        output_scale: Any = None,
+        output_block_scale: Any = None,
+    ) -> Any:
+        if not takes_this_path(self, attn_metadata, output_scale, AttentionType.ENCODER_DECODER):
+            return flash_forward(
+                self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
+            )
+        if kv_cache.dtype == torch.uint8:  # vLLM keeps an fp8 cache as bytes
+            kv_cache = kv_cache.view(fp8)
+        if query.dtype == fp8:  # quantised by vLLM's attention layer, with this scale
+            q_scale = layer._q_scale
+        else:
+            q_scale = ones.setdefault(query.device, torch.ones(1, dtype=torch.float32, device=query.device))
+        heads, head_size = self.num_heads, self.head_size
+        cross_attention_decode(
+            query.view(-1, heads, head_size),
+            kv_cache,
+            attn_metadata.block_table,
+            attn_metadata.seq_lens,
+            attn_metadata.query_start_loc,
+            output.view(-1, heads, head_size),
+            (q_scale, layer._k_scale, layer._v_scale),
+            self.scale,
+        )
+        return output
+
+    setattr(forward, PATCHED_MARK, True)
+    FlashAttentionImpl.forward = forward
+    log.info("vLLM engine: cross-attention decode steps run on the Triton kernel")
+    return True
