@@ -10,7 +10,9 @@ scores, and 1 token (encoder and prompt alone). During the first it samples the 
 (`nvidia-smi`), the CPU each thread of the engine's process tree burns (from /proc), and a `py-spy dump`
 of the processes when py-spy is installed. `--timings` picks some of the four ways. `--profile-steps N`
 adds one more untimed run of the second way with vLLM's torch profiler over N engine steps once the batch is
-full, and writes the trace and its summary (`benchmarks.gpu_trace`). A table of the variants is printed last.
+full, and writes the trace and its summary (`benchmarks.gpu_trace`). Windows go in from `--in-flight / --part-size`
+threads, each waiting for its part before the next (default 256 in flight, in parts of 16). A table of the
+variants is printed last.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     window = noise_window(engine.tokenizer)
     options = SamplingOptions(max_new_tokens=100, suppress_tokens=())
     engine.generate([window] * 64, options)  # warm-up
-    parts = [min(MAX_WINDOWS_PER_MESSAGE, args.windows - i) for i in range(0, args.windows, MAX_WINDOWS_PER_MESSAGE)]
+    size = args.part_size
+    parts = [min(size, args.windows - i) for i in range(0, args.windows, size)]
 
     def timed(label: str, sample: bool = False, options: SamplingOptions = options) -> None:
         result: dict[str, Any] = {}
@@ -105,7 +108,9 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
             # In parts from many threads, as an engine process receives a large call: each caller thread
             # prepares its own windows' inputs (vLLM's log-mel), so one thread does not bound the rate. A
             # thread waits for its part before taking the next, so at most `in_flight` windows are in vLLM.
-            with ThreadPoolExecutor(max(1, args.in_flight // MAX_WINDOWS_PER_MESSAGE)) as pool:
+            # Parts of 16 start and finish together (cohorts, most steps decode only); parts of 1 keep a
+            # steady stream of windows starting, as a server under load sees.
+            with ThreadPoolExecutor(max(1, args.in_flight // size)) as pool:
                 list(pool.map(lambda part: engine.generate([window] * part, options), parts))
             wall = time.monotonic() - t0
         if sample:
@@ -148,6 +153,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=1024)
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     parser.add_argument("--in-flight", type=int, default=256, help="windows submitted and not finished, at most")
+    parser.add_argument("--part-size", type=int, default=MAX_WINDOWS_PER_MESSAGE, help="windows per engine call")
     parser.add_argument("--timings", nargs="+", choices=TIMINGS, default=list(TIMINGS))
     parser.add_argument("--profile-steps", type=int, default=0, help="profile this many engine steps (0: none)")
     parser.add_argument("--profile-delay", type=int, default=150, help="engine steps before the profile starts")
@@ -168,6 +174,7 @@ def main() -> None:
         cmd += ["--settings", settings, "--windows", str(args.windows), "--out", str(out), "--work", args.work]
         cmd += ["--timings", *args.timings, "--profile-steps", str(args.profile_steps)]
         cmd += ["--profile-delay", str(args.profile_delay), "--in-flight", str(args.in_flight)]
+        cmd += ["--part-size", str(args.part_size)]
         with (out / f"probe-{name}.log").open("w") as log:
             done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
         lines = done.stdout.strip().splitlines()
