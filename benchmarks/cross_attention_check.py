@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
-from whisper_endpoint.engines.vllm_cross_attention import cross_attention_decode
+from whisper_endpoint.engines.vllm_cross_attention import DEFAULT_LAUNCH, LaunchConfig, cross_attention_decode
 
 
 def make_case(
@@ -62,7 +63,7 @@ def reference(torch: Any, case: dict[str, Any]) -> Any:
     return out
 
 
-def ours(torch: Any, case: dict[str, Any]) -> Any:
+def ours(torch: Any, case: dict[str, Any], launch: LaunchConfig = DEFAULT_LAUNCH) -> Any:
     out = torch.full(case["query"].shape, float("nan"), dtype=torch.bfloat16, device=case["query"].device)
     cross_attention_decode(
         case["query"],
@@ -73,22 +74,29 @@ def ours(torch: Any, case: dict[str, Any]) -> Any:
         out,
         case["scales"],
         case["softmax_scale"],
+        launch,
     )
     return out
 
 
-def check(torch: Any, device: str, sizes: tuple[int, int, int, int]) -> list[dict[str, Any]]:
+def check(
+    torch: Any, device: str, sizes: tuple[int, int, int, int], launches: list[LaunchConfig]
+) -> list[dict[str, Any]]:
     sequences, heads, positions, block_size = sizes
     rows = []
     for fp8 in (False, True):
         case = make_case(torch, sequences, heads, 64, positions, block_size, fp8, device)
-        error = (ours(torch, case).float().cpu() - reference(torch, case)).abs().max().item()
-        rows.append({"fp8": fp8, "sequences": sequences, "positions": positions, "max_abs_error": error})
-        assert error < 0.02, rows[-1]  # bf16 output rounding of values near 1
+        expected = reference(torch, case)
+        for launch in launches:
+            error = (ours(torch, case, launch).float().cpu() - expected).abs().max().item()
+            rows.append({"fp8": fp8, "launch": str(launch), "positions": positions, "max_abs_error": error})
+            assert error < 0.02, rows[-1]  # bf16 output rounding of values near 1
     return rows
 
 
-def time_both(torch: Any, sequences: int, block_size: int, repeats: int = 50) -> dict[str, Any]:
+def time_both(
+    torch: Any, sequences: int, block_size: int, launches: list[LaunchConfig], repeats: int = 50
+) -> list[dict[str, Any]]:
     try:
         from vllm.vllm_flash_attn import flash_attn_varlen_func
     except ImportError:  # ours alone
@@ -133,15 +141,18 @@ def time_both(torch: Any, sequences: int, block_size: int, repeats: int = 50) ->
         return float(start.elapsed_time(end)) * 1000 / repeats  # µs per call
 
     bytes_read = sequences * heads * positions * 2 * head_size  # fp8 keys and values
-    ours_us = timed(lambda: ours(torch, case))
-    row: dict[str, Any] = {"sequences": sequences, "block_size": block_size, "ours_us": round(ours_us, 1)}
-    row["ours_tb_s"] = round(bytes_read / ours_us / 1e6, 2)
+    rows: list[dict[str, Any]] = []
     if flash_attn_varlen_func is not None:
         flash_us = timed(flash)
-        row["flash_attention_3_us"] = round(flash_us, 1)
-        row["flash_attention_3_tb_s"] = round(bytes_read / flash_us / 1e6, 2)
-        row["max_abs_difference"] = (ours(torch, case)[real].float() - out.float()).abs().max().item()
-    return row
+        rows.append({"kernel": "FlashAttention 3", "us": round(flash_us, 1)})
+    for launch in launches:
+        us = timed(lambda launch=launch: ours(torch, case, launch))
+        rows.append({"kernel": f"ours {launch}", "us": round(us, 1)})
+        if flash_attn_varlen_func is not None:
+            rows[-1]["max_abs_difference"] = (ours(torch, case, launch)[real].float() - out.float()).abs().max().item()
+    for row in rows:
+        row.update(sequences=sequences, block_size=block_size, tb_s=round(bytes_read / row["us"] / 1e6, 2))
+    return rows
 
 
 def main() -> None:
@@ -151,12 +162,22 @@ def main() -> None:
     parser.add_argument("--time", action="store_true", help="on a GPU: time against FlashAttention 3")
     parser.add_argument("--sequences", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument(
+        "--launch",
+        nargs="+",
+        default=["64,4,1,1", "128,4,2,1", "128,8,2,1", "256,8,2,1", "64,2,3,1", "64,4,2,4", "128,4,2,4", "64,4,2,8"],
+        help="kernel launches to check and time: positions per iteration, warps, stages, splits",
+    )
     args = parser.parse_args()
+    launches = [LaunchConfig(*(int(x) for x in spec.split(","))) for spec in args.launch]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     small = (5, 2, 150, 16) if device == "cpu" else (37, 20, 1500, args.block_size)
-    results: dict[str, Any] = {"device": device, "correctness": check(torch, device, small)}
+    results: dict[str, Any] = {"device": device, "correctness": check(torch, device, small, launches)}
     if args.time:
-        results["timing"] = [time_both(torch, n, args.block_size) for n in args.sequences]
+        results["timing"] = [row for n in args.sequences for row in time_both(torch, n, args.block_size, launches)]
+        print("sequences | kernel | µs | TB/s", file=sys.stderr)
+        for row in results["timing"]:
+            print(row["sequences"], row["kernel"], row["us"], row["tb_s"], sep=" | ", file=sys.stderr)
     print(json.dumps(results, indent=1))
 
 

@@ -16,16 +16,30 @@ quantises it for FlashAttention; its scale is applied here.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 log = logging.getLogger(__name__)
-TOKENS_PER_ITERATION = 64  # positions scored per loop iteration of one program
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How the kernel runs: positions scored per loop iteration, warps per program, loop stages in flight,
+    and programs per sequence and head (each over a part of the positions, then combined; a power of 2)."""
+
+    tokens: int = 64
+    num_warps: int = 4
+    num_stages: int = 1
+    splits: int = 1
+
+
+DEFAULT_LAUNCH = LaunchConfig()
 PATCHED_MARK = "_whisper_endpoint_cross_attention"
 
 
 @cache
-def _kernel() -> Any:
+def _kernels() -> tuple[Any, Any]:
     import triton
     import triton.language as tl
 
@@ -37,6 +51,7 @@ def _kernel() -> Any:
         seq_lens,  # [sequences] encoder positions to attend to
         query_start,  # [sequences + 1] each sequence's first query token
         output,  # [tokens, heads, head_size]
+        partial,  # [sequences, heads, SPLITS, head_size + 2] float32, where SPLITS > 1
         q_scale_ptr,  # float32 dequantisation scales (1.0 where not quantised)
         k_scale_ptr,
         v_scale_ptr,
@@ -53,9 +68,12 @@ def _kernel() -> Any:
         HEAD_SIZE: tl.constexpr,
         BLOCK_SIZE: tl.constexpr,
         TOKENS: tl.constexpr,
+        STAGES: tl.constexpr,
+        SPLITS: tl.constexpr,
     ):
         seq = tl.program_id(0)
         head = tl.program_id(1)
+        split = tl.program_id(2)
         token = tl.load(query_start + seq)
         real = token < num_query_tokens  # not a padded sequence of a CUDA graph's batch
         seq_len = tl.load(seq_lens + seq, mask=real, other=0)  # padded sequences do no work
@@ -66,12 +84,15 @@ def _kernel() -> Any:
         q = tl.load(query + token * q_stride_token + head * q_stride_head + dims, mask=real, other=0.0).to(tl.float32)
         q = q * (q_scale * k_scale * softmax_scale)
         positions = tl.arange(0, TOKENS)
+        part = tl.cdiv(seq_len, SPLITS * TOKENS) * TOKENS  # this program's share of the positions
+        first = split * part
+        end = tl.minimum(first + part, seq_len)
         running_max = tl.full((), float("-inf"), tl.float32)
         denominator = tl.zeros((), tl.float32)
         acc = tl.zeros((HEAD_SIZE,), tl.float32)
-        for start in range(0, seq_len, TOKENS):
+        for start in tl.range(first, end, TOKENS, num_stages=STAGES):
             position = start + positions
-            valid = position < seq_len
+            valid = position < end
             page = tl.load(block_table + seq * bt_stride + position // BLOCK_SIZE, mask=valid, other=0)
             row = kv_cache + page.to(tl.int64) * kv_stride_block + head * kv_stride_head
             row = row + (position % BLOCK_SIZE) * kv_stride_position
@@ -84,11 +105,44 @@ def _kernel() -> Any:
             denominator = denominator * correction + tl.sum(weights, axis=0)
             acc = acc * correction + tl.sum(weights[:, None] * v, axis=0)
             running_max = new_max
-        out = acc * v_scale / tl.maximum(denominator, 1e-30)  # a sequence with no positions gets zeros
-        destination = output + token * out_stride_token + head * out_stride_head + dims
-        tl.store(destination, out.to(output.dtype.element_ty), mask=real)
+        if SPLITS == 1:
+            out = acc * v_scale / tl.maximum(denominator, 1e-30)  # a sequence with no positions gets zeros
+            destination = output + token * out_stride_token + head * out_stride_head + dims
+            tl.store(destination, out.to(output.dtype.element_ty), mask=real)
+        else:  # this part's sums, relative to its own maximum, for the combine kernel
+            base = partial + ((seq * tl.num_programs(1) + head) * SPLITS + split) * (HEAD_SIZE + 2)
+            tl.store(base + dims, acc)
+            tl.store(base + HEAD_SIZE, running_max)
+            tl.store(base + HEAD_SIZE + 1, denominator)
 
-    return cross_attention_decode_kernel
+    @triton.jit  # type: ignore[untyped-decorator]
+    def combine_kernel(  # type: ignore[no-untyped-def]
+        partial,
+        output,
+        v_scale_ptr,
+        query_start,
+        num_query_tokens,
+        out_stride_token,
+        out_stride_head,
+        HEAD_SIZE: tl.constexpr,
+        SPLITS: tl.constexpr,
+    ):
+        seq = tl.program_id(0)
+        head = tl.program_id(1)
+        token = tl.load(query_start + seq)
+        dims = tl.arange(0, HEAD_SIZE)
+        parts = tl.arange(0, SPLITS)
+        base = partial + ((seq * tl.num_programs(1) + head) * SPLITS + parts) * (HEAD_SIZE + 2)
+        maxima = tl.load(base + HEAD_SIZE)
+        overall = tl.max(maxima, axis=0)
+        weights = tl.where(maxima == float("-inf"), 0.0, tl.exp(maxima - overall))  # empty parts weigh nothing
+        denominator = tl.sum(weights * tl.load(base + HEAD_SIZE + 1), axis=0)
+        acc = tl.sum(weights[:, None] * tl.load(base[:, None] + dims[None, :]), axis=0)
+        out = acc * tl.load(v_scale_ptr) / tl.maximum(denominator, 1e-30)
+        destination = output + token * out_stride_token + head * out_stride_head + dims
+        tl.store(destination, out.to(output.dtype.element_ty), mask=token < num_query_tokens)
+
+    return cross_attention_decode_kernel, combine_kernel
 
 
 def cross_attention_decode(
@@ -100,20 +154,29 @@ def cross_attention_decode(
     output: Any,
     scales: tuple[Any, Any, Any],
     softmax_scale: float,
+    launch: LaunchConfig = DEFAULT_LAUNCH,
 ) -> None:
     """Attention of each sequence's one query token over its cached positions, into `output`.
 
     query, output: [tokens, heads, head_size]; kv_cache: [blocks, heads, block_size, 2 * head_size];
     scales: float32 tensors dequantising query, keys and values (1.0 where not quantised)."""
+    import torch
+
     sequences = query_start.shape[0] - 1
     heads, head_size = query.shape[1], query.shape[2]
-    _kernel()[(sequences, heads)](
+    splits = launch.splits
+    partial = output  # not read with one program per sequence and head
+    if splits > 1:
+        partial = torch.empty((sequences, heads, splits, head_size + 2), dtype=torch.float32, device=query.device)
+    decode, combine = _kernels()
+    decode[(sequences, heads, splits)](
         query,
         kv_cache,
         block_table,
         seq_lens,
         query_start,
         output,
+        partial,
         *scales,
         softmax_scale,
         query.shape[0],
@@ -127,8 +190,23 @@ def cross_attention_decode(
         output.stride(1),
         HEAD_SIZE=head_size,
         BLOCK_SIZE=kv_cache.shape[2],
-        TOKENS=TOKENS_PER_ITERATION,
+        TOKENS=launch.tokens,
+        STAGES=launch.num_stages,
+        SPLITS=splits,
+        num_warps=launch.num_warps,
     )
+    if splits > 1:
+        combine[(sequences, heads)](
+            partial,
+            output,
+            scales[2],
+            query_start,
+            query.shape[0],
+            output.stride(0),
+            output.stride(1),
+            HEAD_SIZE=head_size,
+            SPLITS=splits,
+        )
 
 
 def takes_this_path(impl: Any, attn_metadata: Any, output_scale: Any, encoder_decoder: Any) -> bool:
