@@ -3,10 +3,11 @@
     TRITON_INTERPRET=1 python -m benchmarks.cross_attention_check      # correctness on a CPU (small shapes)
     python -m benchmarks.cross_attention_check --time                  # on a GPU: large-v3's shape, both timed
 
-Cases: a paged cache with shuffled pages in vLLM's layout, sequences of different lengths (one empty), padded
-sequences as a CUDA graph's batch has them, bf16 and fp8 caches with dequantisation scales. On a GPU,
-`--time` times one layer's cross-attention for `--sequences` decoding windows with this kernel and with vLLM's
-`flash_attn_varlen_func` (FlashAttention 3, as vLLM calls it), and prints the bandwidth each reaches.
+Cases: a paged cache with shuffled pages in vLLM's layouts (NHD, its default, and HND, which
+VLLM_KV_CACHE_LAYOUT selects), sequences of different lengths (one empty), padded sequences as a CUDA graph's
+batch has them, bf16 and fp8 caches with dequantisation scales. On a GPU, `--time` times one layer's
+cross-attention for `--sequences` decoding windows, in each layout, with this kernel's launch configurations and
+with vLLM's `flash_attn_varlen_func` (FlashAttention 3, as vLLM calls it), and prints the bandwidth each reaches.
 """
 
 from __future__ import annotations
@@ -21,13 +22,27 @@ from whisper_endpoint.engines.vllm_cross_attention import DEFAULT_LAUNCH, Launch
 
 
 def make_case(
-    torch: Any, sequences: int, heads: int, head_size: int, positions: int, block_size: int, fp8: bool, device: str
+    torch: Any,
+    sequences: int,
+    heads: int,
+    head_size: int,
+    positions: int,
+    block_size: int,
+    fp8: bool,
+    device: str,
+    layout: str = "NHD",
 ) -> dict[str, Any]:
+    """A cache of shape [blocks, heads, block_size, 2 * head_size] whose memory is in vLLM's NHD order (a
+    page's positions outermost: its heads side by side) or HND (each head's page contiguous)."""
     generator = torch.Generator().manual_seed(sequences * 1000 + positions)
     pages = math.ceil(positions / block_size)
     blocks = sequences * pages + 5
-    values = torch.randn(blocks, block_size, heads, 2 * head_size, generator=generator)  # vLLM's NHD layout
-    cache = values.to(torch.float8_e4m3fn if fp8 else torch.bfloat16).to(device).permute(0, 2, 1, 3)
+    dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
+    if layout == "NHD":
+        values = torch.randn(blocks, block_size, heads, 2 * head_size, generator=generator)
+        cache = values.to(dtype).to(device).permute(0, 2, 1, 3)
+    else:
+        cache = torch.randn(blocks, heads, block_size, 2 * head_size, generator=generator).to(dtype).to(device)
     table = torch.randperm(blocks, generator=generator)[: sequences * pages].view(sequences, pages)
     lengths = [positions - (i * 37) % (positions // 2) for i in range(sequences)]
     lengths[min(2, sequences - 1)] = 0  # a sequence with nothing to attend to
@@ -84,25 +99,25 @@ def check(
 ) -> list[dict[str, Any]]:
     sequences, heads, positions, block_size = sizes
     rows = []
-    for fp8 in (False, True):
-        case = make_case(torch, sequences, heads, 64, positions, block_size, fp8, device)
+    for fp8, layout in ((False, "NHD"), (True, "NHD"), (True, "HND")):
+        case = make_case(torch, sequences, heads, 64, positions, block_size, fp8, device, layout)
         expected = reference(torch, case)
         for launch in launches:
             error = (ours(torch, case, launch).float().cpu() - expected).abs().max().item()
-            rows.append({"fp8": fp8, "launch": str(launch), "positions": positions, "max_abs_error": error})
+            rows.append({"fp8": fp8, "layout": layout, "launch": str(launch), "max_abs_error": error})
             assert error < 0.02, rows[-1]  # bf16 output rounding of values near 1
     return rows
 
 
 def time_both(
-    torch: Any, sequences: int, block_size: int, launches: list[LaunchConfig], repeats: int = 50
+    torch: Any, sequences: int, block_size: int, launches: list[LaunchConfig], layout: str, repeats: int = 50
 ) -> list[dict[str, Any]]:
     try:
         from vllm.vllm_flash_attn import flash_attn_varlen_func
     except ImportError:  # ours alone
         flash_attn_varlen_func = None
     heads, head_size, positions = 20, 64, 1500  # whisper-large-v3
-    case = make_case(torch, sequences, heads, head_size, positions, block_size, True, "cuda")
+    case = make_case(torch, sequences, heads, head_size, positions, block_size, True, "cuda", layout)
     real = slice(0, sequences)
     case["seq_lens"][real] = positions
     cache = case["cache"]
@@ -151,7 +166,8 @@ def time_both(
         if flash_attn_varlen_func is not None:
             rows[-1]["max_abs_difference"] = (ours(torch, case, launch)[real].float() - out.float()).abs().max().item()
     for row in rows:
-        row.update(sequences=sequences, block_size=block_size, tb_s=round(bytes_read / row["us"] / 1e6, 2))
+        row.update(sequences=sequences, layout=layout, block_size=block_size)
+        row["tb_s"] = round(bytes_read / row["us"] / 1e6, 2)
     return rows
 
 
@@ -162,6 +178,7 @@ def main() -> None:
     parser.add_argument("--time", action="store_true", help="on a GPU: time against FlashAttention 3")
     parser.add_argument("--sequences", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--layouts", nargs="+", choices=["NHD", "HND"], default=["NHD", "HND"])
     parser.add_argument(
         "--launch",
         nargs="+",
@@ -174,10 +191,15 @@ def main() -> None:
     small = (5, 2, 150, 16) if device == "cpu" else (37, 20, 1500, args.block_size)
     results: dict[str, Any] = {"device": device, "correctness": check(torch, device, small, launches)}
     if args.time:
-        results["timing"] = [row for n in args.sequences for row in time_both(torch, n, args.block_size, launches)]
-        print("sequences | kernel | µs | TB/s", file=sys.stderr)
+        results["timing"] = [
+            row
+            for layout in args.layouts
+            for n in args.sequences
+            for row in time_both(torch, n, args.block_size, launches, layout)
+        ]
+        print("layout | sequences | kernel | µs | TB/s", file=sys.stderr)
         for row in results["timing"]:
-            print(row["sequences"], row["kernel"], row["us"], row["tb_s"], sep=" | ", file=sys.stderr)
+            print(row["layout"], row["sequences"], row["kernel"], row["us"], row["tb_s"], sep=" | ", file=sys.stderr)
     print(json.dumps(results, indent=1))
 
 
