@@ -91,10 +91,10 @@ class Settings(BaseSettings):
         False,
         description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",
     )
-    vllm_triton_cross_attention: bool = Field(
+    vllm_triton_attention: bool = Field(
         False,
-        description="Experimental: the decoder's cross-attention on decode steps in a Triton kernel of ours "
-        "instead of FlashAttention (not yet measured on a GPU).",
+        description="Experimental: the decoder's attention in a Triton kernel of ours instead of FlashAttention, "
+        "with queries in bf16 (not yet measured on a GPU).",
     )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,

@@ -299,8 +299,8 @@ class VllmEngine:
             from whisper_endpoint.engines.vllm_encoder import compile_encoder_layers
 
             compile_encoder_layers()
-        if settings.vllm_triton_cross_attention:
-            from whisper_endpoint.engines.vllm_cross_attention import patch_flash_attention
+        if settings.vllm_triton_attention:
+            from whisper_endpoint.engines.vllm_attention import patch_flash_attention
 
             patch_flash_attention()
         self.max_batch_size = int(args["max_num_seqs"])

@@ -1,16 +1,18 @@
-"""Whisper's decoder cross-attention on decode steps, as a Triton kernel inside vLLM (experimental, off).
+"""Whisper's decoder attention as a Triton kernel inside vLLM (experimental, off by default).
 
 A profile of the engine (docs/benchmarks.md) put half of all GPU time in the decoder's attention: each
 decoded token of each window reads its 1,500 cross-attention positions in all 32 layers (123 MB of fp8 keys
 and values for large-v3), and FlashAttention 3 reads them at about half of an H100's bandwidth, since one
-query row per sequence and head fills one of its 64-row tiles. This kernel is a plain memory-bound loop
-instead: one program per sequence and head walks that head's pages of the cache, scores and sums on CUDA
-cores, with an online softmax. It replaces vLLM's FlashAttention call only for cross-attention on steps where
-every sequence decodes one token (most steps); anything else goes to FlashAttention as before.
+query row per sequence and head fills one of its 64-row tiles. FlashAttention 3 also needs the query in the
+cache's fp8 type, and that rounding costs WER (a bf16 query with the same fp8 cache measured 0.18 points
+better). This kernel is a plain memory-bound loop instead: one program per query token and head (and, when
+split, per part of the positions) walks that head's pages of the cache, scores and sums on CUDA cores with
+an online softmax, and takes the query in bf16. It serves the decoder's self-attention (causal) and
+cross-attention (all 1,500 positions) on every step, so vLLM is told not to quantise queries.
 
-vLLM's cache for one layer is [blocks, heads, block_size, 2 * head_size]: a token's key and value side by
-side, so a head's page is one contiguous run. The query arrives quantised to the cache's fp8 type when vLLM
-quantises it for FlashAttention; its scale is applied here.
+vLLM's cache for one layer is [blocks, heads, block_size, 2 * head_size] (a position's key and value side by
+side; memory in NHD or HND order), filled by vLLM before attention runs; `seq_lens` counts each sequence's
+cached positions, its new tokens included.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from functools import cache
 from typing import Any
 
 log = logging.getLogger(__name__)
+SEARCH_STEPS = 16  # binary-search steps from a query token to its sequence: up to 65,536 sequences
+PATCHED_MARK = "_whisper_endpoint_attention"
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the kernel runs: positions scored per loop iteration, warps per program, loop stages in flight,
-    and programs per sequence and head (each over a part of the positions, then combined; a power of 2)."""
+    and programs per query token and head (each over a part of the positions, then combined; a power of 2)."""
 
     tokens: int = 64
     num_warps: int = 4
@@ -35,7 +39,6 @@ class LaunchConfig:
 
 
 DEFAULT_LAUNCH = LaunchConfig()
-PATCHED_MARK = "_whisper_endpoint_cross_attention"
 
 
 @cache
@@ -44,19 +47,20 @@ def _kernels() -> tuple[Any, Any]:
     import triton.language as tl
 
     @triton.jit  # type: ignore[untyped-decorator]  # parameters unannotated: Triton reads annotations
-    def cross_attention_decode_kernel(  # type: ignore[no-untyped-def]
+    def attention_kernel(  # type: ignore[no-untyped-def]
         query,  # [tokens, heads, head_size]
         kv_cache,  # [blocks, heads, block_size, 2 * head_size]
         block_table,  # [sequences, max blocks]
-        seq_lens,  # [sequences] encoder positions to attend to
+        seq_lens,  # [sequences] cached positions, new tokens included
         query_start,  # [sequences + 1] each sequence's first query token
         output,  # [tokens, heads, head_size]
-        partial,  # [sequences, heads, SPLITS, head_size + 2] float32, where SPLITS > 1
+        partial,  # [tokens, heads, SPLITS, head_size + 2] float32, where SPLITS > 1
         q_scale_ptr,  # float32 dequantisation scales (1.0 where not quantised)
         k_scale_ptr,
         v_scale_ptr,
         softmax_scale,
-        num_query_tokens,
+        num_query_tokens,  # real tokens; the rest pad a CUDA graph's batch
+        num_seqs,
         q_stride_token,
         q_stride_head,
         kv_stride_block,
@@ -70,23 +74,34 @@ def _kernels() -> tuple[Any, Any]:
         TOKENS: tl.constexpr,
         STAGES: tl.constexpr,
         SPLITS: tl.constexpr,
+        CAUSAL: tl.constexpr,
+        SEARCH: tl.constexpr,
     ):
-        seq = tl.program_id(0)
+        token = tl.program_id(0)
         head = tl.program_id(1)
         split = tl.program_id(2)
-        token = tl.load(query_start + seq)
-        real = token < num_query_tokens  # not a padded sequence of a CUDA graph's batch
-        seq_len = tl.load(seq_lens + seq, mask=real, other=0)  # padded sequences do no work
+        real = token < num_query_tokens
+        low = token * 0  # the sequence holding this token: the last one starting at or before it
+        high = low + num_seqs
+        for _ in tl.static_range(SEARCH):
+            middle = (low + high) // 2
+            after = tl.load(query_start + middle, mask=middle < num_seqs, other=0) <= token
+            low = tl.where(after & (middle < high), middle, low)
+            high = tl.where(after, high, middle)
+        seq = low
+        seq_len = tl.load(seq_lens + seq, mask=real, other=0)
+        visible = seq_len
+        if CAUSAL:  # a new token sees the cached positions and the new ones up to itself
+            first_new = tl.load(query_start + seq)
+            new = tl.load(query_start + seq + 1) - first_new
+            visible = tl.minimum(tl.maximum(seq_len - new + (token - first_new) + 1, 0), seq_len)
         dims = tl.arange(0, HEAD_SIZE)
-        q_scale = tl.load(q_scale_ptr)
-        k_scale = tl.load(k_scale_ptr)
-        v_scale = tl.load(v_scale_ptr)
         q = tl.load(query + token * q_stride_token + head * q_stride_head + dims, mask=real, other=0.0).to(tl.float32)
-        q = q * (q_scale * k_scale * softmax_scale)
+        q = q * (tl.load(q_scale_ptr) * tl.load(k_scale_ptr) * softmax_scale)
         positions = tl.arange(0, TOKENS)
-        part = tl.cdiv(seq_len, SPLITS * TOKENS) * TOKENS  # this program's share of the positions
+        part = tl.cdiv(visible, SPLITS * TOKENS) * TOKENS  # this program's share of the positions
         first = split * part
-        end = tl.minimum(first + part, seq_len)
+        end = tl.minimum(first + part, visible)
         running_max = tl.full((), float("-inf"), tl.float32)
         denominator = tl.zeros((), tl.float32)
         acc = tl.zeros((HEAD_SIZE,), tl.float32)
@@ -106,11 +121,11 @@ def _kernels() -> tuple[Any, Any]:
             acc = acc * correction + tl.sum(weights[:, None] * v, axis=0)
             running_max = new_max
         if SPLITS == 1:
-            out = acc * v_scale / tl.maximum(denominator, 1e-30)  # a sequence with no positions gets zeros
+            out = acc * tl.load(v_scale_ptr) / tl.maximum(denominator, 1e-30)  # nothing visible: zeros
             destination = output + token * out_stride_token + head * out_stride_head + dims
             tl.store(destination, out.to(output.dtype.element_ty), mask=real)
         else:  # this part's sums, relative to its own maximum, for the combine kernel
-            base = partial + ((seq * tl.num_programs(1) + head) * SPLITS + split) * (HEAD_SIZE + 2)
+            base = partial + ((token * tl.num_programs(1) + head) * SPLITS + split) * (HEAD_SIZE + 2)
             tl.store(base + dims, acc)
             tl.store(base + HEAD_SIZE, running_max)
             tl.store(base + HEAD_SIZE + 1, denominator)
@@ -120,19 +135,17 @@ def _kernels() -> tuple[Any, Any]:
         partial,
         output,
         v_scale_ptr,
-        query_start,
         num_query_tokens,
         out_stride_token,
         out_stride_head,
         HEAD_SIZE: tl.constexpr,
         SPLITS: tl.constexpr,
     ):
-        seq = tl.program_id(0)
+        token = tl.program_id(0)
         head = tl.program_id(1)
-        token = tl.load(query_start + seq)
         dims = tl.arange(0, HEAD_SIZE)
         parts = tl.arange(0, SPLITS)
-        base = partial + ((seq * tl.num_programs(1) + head) * SPLITS + parts) * (HEAD_SIZE + 2)
+        base = partial + ((token * tl.num_programs(1) + head) * SPLITS + parts) * (HEAD_SIZE + 2)
         maxima = tl.load(base + HEAD_SIZE)
         overall = tl.max(maxima, axis=0)
         weights = tl.where(maxima == float("-inf"), 0.0, tl.exp(maxima - overall))  # empty parts weigh nothing
@@ -142,10 +155,10 @@ def _kernels() -> tuple[Any, Any]:
         destination = output + token * out_stride_token + head * out_stride_head + dims
         tl.store(destination, out.to(output.dtype.element_ty), mask=token < num_query_tokens)
 
-    return cross_attention_decode_kernel, combine_kernel
+    return attention_kernel, combine_kernel
 
 
-def cross_attention_decode(
+def paged_attention(
     query: Any,
     kv_cache: Any,
     block_table: Any,
@@ -154,22 +167,26 @@ def cross_attention_decode(
     output: Any,
     scales: tuple[Any, Any, Any],
     softmax_scale: float,
+    causal: bool,
+    num_query_tokens: int | None = None,
     launch: LaunchConfig = DEFAULT_LAUNCH,
 ) -> None:
-    """Attention of each sequence's one query token over its cached positions, into `output`.
+    """Attention of every query token over its sequence's cached positions (causal: only up to itself), into
+    `output`.
 
     query, output: [tokens, heads, head_size]; kv_cache: [blocks, heads, block_size, 2 * head_size];
-    scales: float32 tensors dequantising query, keys and values (1.0 where not quantised)."""
+    scales: float32 tensors dequantising query, keys and values (1.0 where not quantised);
+    num_query_tokens: the real tokens (default all), the rest pad a CUDA graph's batch."""
     import torch
 
-    sequences = query_start.shape[0] - 1
-    heads, head_size = query.shape[1], query.shape[2]
+    tokens, heads, head_size = query.shape
     splits = launch.splits
-    partial = output  # not read with one program per sequence and head
+    partial = output  # not read with one program per token and head
     if splits > 1:
-        partial = torch.empty((sequences, heads, splits, head_size + 2), dtype=torch.float32, device=query.device)
-    decode, combine = _kernels()
-    decode[(sequences, heads, splits)](
+        partial = torch.empty((tokens, heads, splits, head_size + 2), dtype=torch.float32, device=query.device)
+    real = tokens if num_query_tokens is None else num_query_tokens
+    attend, combine = _kernels()
+    attend[(tokens, heads, splits)](
         query,
         kv_cache,
         block_table,
@@ -179,7 +196,8 @@ def cross_attention_decode(
         partial,
         *scales,
         softmax_scale,
-        query.shape[0],
+        real,
+        query_start.shape[0] - 1,
         query.stride(0),
         query.stride(1),
         kv_cache.stride(0),
@@ -193,15 +211,16 @@ def cross_attention_decode(
         TOKENS=launch.tokens,
         STAGES=launch.num_stages,
         SPLITS=splits,
+        CAUSAL=causal,
+        SEARCH=SEARCH_STEPS,
         num_warps=launch.num_warps,
     )
     if splits > 1:
-        combine[(sequences, heads)](
+        combine[(tokens, heads)](
             partial,
             output,
             scales[2],
-            query_start,
-            query.shape[0],
+            real,
             output.stride(0),
             output.stride(1),
             HEAD_SIZE=head_size,
@@ -209,21 +228,21 @@ def cross_attention_decode(
         )
 
 
-def takes_this_path(impl: Any, attn_metadata: Any, output_scale: Any, encoder_decoder: Any) -> bool:
-    """Cross-attention on a step where every sequence decodes one token, in the plain configuration."""
+def takes_this_path(impl: Any, attn_metadata: Any, output_scale: Any, decoder_types: tuple[Any, ...]) -> bool:
+    """The decoder's self- and cross-attention with metadata (vLLM's memory-profiling run has none), in the
+    plain configuration."""
     return (
-        impl.attn_type == encoder_decoder
+        impl.attn_type in decoder_types
         and attn_metadata is not None
-        and attn_metadata.max_query_len == 1
-        and not attn_metadata.use_cascade
         and output_scale is None
         and getattr(impl, "dcp_world_size", 1) == 1
     )
 
 
 def patch_flash_attention() -> bool:
-    """Route vLLM's FlashAttention forward through `cross_attention_decode` where `takes_this_path`; False
-    where vLLM's FlashAttention backend is not there. Made before vLLM forks its engine core, which inherits it."""
+    """Route vLLM's FlashAttention forward through `paged_attention` where `takes_this_path`, and keep queries
+    in bf16; False where vLLM's FlashAttention backend is not there. Made before vLLM forks its engine core,
+    which inherits it."""
     try:
         import torch
         from vllm.v1.attention.backend import AttentionType
@@ -233,6 +252,7 @@ def patch_flash_attention() -> bool:
     if getattr(FlashAttentionImpl.forward, PATCHED_MARK, False):
         return True
     flash_forward = FlashAttentionImpl.forward
+    decoder_types = (AttentionType.DECODER, AttentionType.ENCODER_DECODER)
     fp8 = torch.float8_e4m3fn
     ones: dict[Any, Any] = {}
 
@@ -248,18 +268,18 @@ def patch_flash_attention() -> bool:
         output_scale: Any = None,
         output_block_scale: Any = None,
     ) -> Any:
-        if not takes_this_path(self, attn_metadata, output_scale, AttentionType.ENCODER_DECODER):
+        if not takes_this_path(self, attn_metadata, output_scale, decoder_types):
             return flash_forward(
                 self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
             )
         if kv_cache.dtype == torch.uint8:  # vLLM keeps an fp8 cache as bytes
             kv_cache = kv_cache.view(fp8)
-        if query.dtype == fp8:  # quantised by vLLM's attention layer, with this scale
+        if query.dtype == fp8:  # quantised by vLLM's attention layer after all, with this scale
             q_scale = layer._q_scale
         else:
             q_scale = ones.setdefault(query.device, torch.ones(1, dtype=torch.float32, device=query.device))
         heads, head_size = self.num_heads, self.head_size
-        cross_attention_decode(
+        paged_attention(
             query.view(-1, heads, head_size),
             kv_cache,
             attn_metadata.block_table,
@@ -268,10 +288,20 @@ def patch_flash_attention() -> bool:
             output.view(-1, heads, head_size),
             (q_scale, layer._k_scale, layer._v_scale),
             self.scale,
+            causal=self.attn_type == AttentionType.DECODER,
+            num_query_tokens=attn_metadata.num_actual_tokens,
         )
         return output
 
+    flash_init = FlashAttentionImpl.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        flash_init(self, *args, **kwargs)
+        if self.attn_type in decoder_types:
+            self.supports_quant_query_input = False  # vLLM's attention layer reads it when built: bf16 queries
+
     setattr(forward, PATCHED_MARK, True)
     FlashAttentionImpl.forward = forward
-    log.info("vLLM engine: cross-attention decode steps run on the Triton kernel")
+    FlashAttentionImpl.__init__ = init
+    log.info("vLLM engine: the decoder's attention runs on the Triton kernel, queries in bf16")
     return True

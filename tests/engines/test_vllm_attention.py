@@ -1,0 +1,32 @@
+"""Which attention calls the Triton decoder-attention kernel takes (the kernel itself needs torch and Triton:
+`benchmarks/attention_check.py` checks it against a reference, on a CPU with TRITON_INTERPRET=1)."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from whisper_endpoint.engines.vllm_attention import patch_flash_attention, takes_this_path
+
+DECODER_TYPES = ("decoder", "encoder_decoder")
+
+
+def _impl(attn_type: str, dcp_world_size: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(attn_type=attn_type, dcp_world_size=dcp_world_size)
+
+
+def test_the_decoders_attention_takes_the_kernel_on_every_step() -> None:
+    metadata = SimpleNamespace(max_query_len=4)  # a step that starts windows as well as one that only decodes
+    assert takes_this_path(_impl("decoder"), metadata, None, DECODER_TYPES)
+    assert takes_this_path(_impl("encoder_decoder"), metadata, None, DECODER_TYPES)
+    assert not takes_this_path(_impl("encoder"), metadata, None, DECODER_TYPES)  # vLLM's own path
+    assert not takes_this_path(_impl("decoder"), None, None, DECODER_TYPES)  # vLLM's memory-profiling run
+    assert not takes_this_path(_impl("decoder"), metadata, object(), DECODER_TYPES)  # fused output quantisation
+    assert not takes_this_path(_impl("decoder", dcp_world_size=2), metadata, None, DECODER_TYPES)
+
+
+def test_without_vllm_nothing_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    assert patch_flash_attention() is False
