@@ -4,11 +4,12 @@ A profile of the engine (docs/benchmarks.md) put half of all GPU time in the dec
 decoded token of each window reads its 1,500 cross-attention positions in all 32 layers (123 MB of fp8 keys
 and values for large-v3), and FlashAttention 3 reads them at about half of an H100's bandwidth, since one
 query row per sequence and head fills one of its 64-row tiles. FlashAttention 3 also needs the query in the
-cache's fp8 type, and that rounding costs WER (a bf16 query with the same fp8 cache measured 0.18 points
-better). This kernel is a plain memory-bound loop instead: one program per query token and head (and, when
-split, per part of the positions) walks that head's pages of the cache, scores and sums on CUDA cores with
-an online softmax, and takes the query in bf16. It serves the decoder's self-attention (causal) and
-cross-attention (all 1,500 positions) on every step, so vLLM is told not to quantise queries.
+cache's fp8 type, a rounding that may cost WER (vLLM's per-token fp8 cache, which keeps queries in bf16,
+measured 0.18 points better; it also scales the cache differently). This kernel is a plain memory-bound loop
+instead: one program per query token and head (and, when split, per part of the positions) walks that head's
+pages of the cache, scores and sums on CUDA cores with an online softmax, and takes the query in bf16. It
+serves the decoder's self-attention (causal) and cross-attention (all 1,500 positions) on every step, so vLLM
+is told not to quantise queries.
 
 vLLM's cache for one layer is [blocks, heads, block_size, 2 * head_size] (a position's key and value side by
 side; memory in NHD or HND order), filled by vLLM before attention runs; `seq_lens` counts each sequence's
