@@ -202,8 +202,19 @@ def main() -> None:
     parser.add_argument(
         "--launch",
         nargs="+",
-        default=["64,4,1,1", "128,4,2,1", "128,8,2,1", "256,8,2,1", "64,2,3,1", "64,4,2,4", "128,4,2,4", "64,4,2,8"],
-        help="launch configurations to check and time: positions per iteration, warps, stages, splits",
+        default=[
+            "64,4,1,1,0",
+            "64,4,1,1,1",
+            "128,4,1,1,1",
+            "128,8,2,1,0",
+            "256,8,2,1,0",
+            "32,2,1,1,1",
+            "64,4,1,4,1",
+            "64,4,2,4,0",
+            "128,4,1,4,1",
+            "64,4,1,8,1",
+        ],
+        help="launch configurations to check and time: positions per iteration, warps, stages, splits, prefetch",
     )
     args = parser.parse_args()
     launches = [LaunchConfig(*(int(x) for x in spec.split(","))) for spec in args.launch]

@@ -31,12 +31,14 @@ PATCHED_MARK = "_whisper_endpoint_attention"
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the kernel runs: positions scored per loop iteration, warps per program, loop stages in flight,
-    and programs per query token and head (each over a part of the positions, then combined; a power of 2)."""
+    programs per query token and head (each over a part of the positions, then combined; a power of 2), and
+    whether each iteration asks for the next positions' keys and values before working on its own."""
 
     tokens: int = 64
     num_warps: int = 4
     num_stages: int = 1
     splits: int = 1
+    prefetch: bool = False
 
 
 DEFAULT_LAUNCH = LaunchConfig()
@@ -44,119 +46,9 @@ DEFAULT_LAUNCH = LaunchConfig()
 
 @cache
 def _kernels() -> tuple[Any, Any]:
-    import triton
-    import triton.language as tl
+    from whisper_endpoint.engines import vllm_attention_kernels as kernels
 
-    @triton.jit  # type: ignore[untyped-decorator]  # parameters unannotated: Triton reads annotations
-    def attention_kernel(  # type: ignore[no-untyped-def]
-        query,  # [tokens, heads, head_size]
-        kv_cache,  # [blocks, heads, block_size, 2 * head_size]
-        block_table,  # [sequences, max blocks]
-        seq_lens,  # [sequences] cached positions, new tokens included
-        query_start,  # [sequences + 1] each sequence's first query token
-        output,  # [tokens, heads, head_size]
-        partial,  # [tokens, heads, SPLITS, head_size + 2] float32, where SPLITS > 1
-        q_scale_ptr,  # float32 dequantisation scales (1.0 where not quantised)
-        k_scale_ptr,
-        v_scale_ptr,
-        softmax_scale,
-        num_query_tokens,  # real tokens; the rest pad a CUDA graph's batch
-        num_seqs,
-        q_stride_token,
-        q_stride_head,
-        kv_stride_block,
-        kv_stride_head,
-        kv_stride_position,
-        bt_stride,
-        out_stride_token,
-        out_stride_head,
-        HEAD_SIZE: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr,
-        TOKENS: tl.constexpr,
-        STAGES: tl.constexpr,
-        SPLITS: tl.constexpr,
-        CAUSAL: tl.constexpr,
-        SEARCH: tl.constexpr,
-    ):
-        token = tl.program_id(0)
-        head = tl.program_id(1)
-        split = tl.program_id(2)
-        real = token < num_query_tokens
-        low = token * 0  # the sequence holding this token: the last one starting at or before it
-        high = low + num_seqs
-        for _ in tl.static_range(SEARCH):
-            middle = (low + high) // 2
-            after = tl.load(query_start + middle, mask=middle < num_seqs, other=0) <= token
-            low = tl.where(after & (middle < high), middle, low)
-            high = tl.where(after, high, middle)
-        seq = low
-        seq_len = tl.load(seq_lens + seq, mask=real, other=0)
-        visible = seq_len
-        if CAUSAL:  # a new token sees the cached positions and the new ones up to itself
-            first_new = tl.load(query_start + seq)
-            new = tl.load(query_start + seq + 1) - first_new
-            visible = tl.minimum(tl.maximum(seq_len - new + (token - first_new) + 1, 0), seq_len)
-        dims = tl.arange(0, HEAD_SIZE)
-        q = tl.load(query + token * q_stride_token + head * q_stride_head + dims, mask=real, other=0.0).to(tl.float32)
-        q = q * (tl.load(q_scale_ptr) * tl.load(k_scale_ptr) * softmax_scale)
-        positions = tl.arange(0, TOKENS)
-        part = tl.cdiv(visible, SPLITS * TOKENS) * TOKENS  # this program's share of the positions
-        first = split * part
-        end = tl.minimum(first + part, visible)
-        running_max = tl.full((), float("-inf"), tl.float32)
-        denominator = tl.zeros((), tl.float32)
-        acc = tl.zeros((HEAD_SIZE,), tl.float32)
-        for start in tl.range(first, end, TOKENS, num_stages=STAGES):
-            position = start + positions
-            valid = position < end
-            page = tl.load(block_table + seq * bt_stride + position // BLOCK_SIZE, mask=valid, other=0)
-            row = kv_cache + page.to(tl.int64) * kv_stride_block + head * kv_stride_head
-            row = row + (position % BLOCK_SIZE) * kv_stride_position
-            k = tl.load(row[:, None] + dims[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-            scores = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))
-            new_max = tl.maximum(running_max, tl.max(scores, axis=0))
-            weights = tl.exp(scores - new_max)
-            correction = tl.exp(running_max - new_max)
-            v = tl.load(row[:, None] + HEAD_SIZE + dims[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-            denominator = denominator * correction + tl.sum(weights, axis=0)
-            acc = acc * correction + tl.sum(weights[:, None] * v, axis=0)
-            running_max = new_max
-        if SPLITS == 1:
-            out = acc * tl.load(v_scale_ptr) / tl.maximum(denominator, 1e-30)  # nothing visible: zeros
-            destination = output + token * out_stride_token + head * out_stride_head + dims
-            tl.store(destination, out.to(output.dtype.element_ty), mask=real)
-        else:  # this part's sums, relative to its own maximum, for the combine kernel
-            base = partial + ((token * tl.num_programs(1) + head) * SPLITS + split) * (HEAD_SIZE + 2)
-            tl.store(base + dims, acc)
-            tl.store(base + HEAD_SIZE, running_max)
-            tl.store(base + HEAD_SIZE + 1, denominator)
-
-    @triton.jit  # type: ignore[untyped-decorator]
-    def combine_kernel(  # type: ignore[no-untyped-def]
-        partial,
-        output,
-        v_scale_ptr,
-        num_query_tokens,
-        out_stride_token,
-        out_stride_head,
-        HEAD_SIZE: tl.constexpr,
-        SPLITS: tl.constexpr,
-    ):
-        token = tl.program_id(0)
-        head = tl.program_id(1)
-        dims = tl.arange(0, HEAD_SIZE)
-        parts = tl.arange(0, SPLITS)
-        base = partial + ((token * tl.num_programs(1) + head) * SPLITS + parts) * (HEAD_SIZE + 2)
-        maxima = tl.load(base + HEAD_SIZE)
-        overall = tl.max(maxima, axis=0)
-        weights = tl.where(maxima == float("-inf"), 0.0, tl.exp(maxima - overall))  # empty parts weigh nothing
-        denominator = tl.sum(weights * tl.load(base + HEAD_SIZE + 1), axis=0)
-        acc = tl.sum(weights[:, None] * tl.load(base[:, None] + dims[None, :]), axis=0)
-        out = acc * tl.load(v_scale_ptr) / tl.maximum(denominator, 1e-30)
-        destination = output + token * out_stride_token + head * out_stride_head + dims
-        tl.store(destination, out.to(output.dtype.element_ty), mask=token < num_query_tokens)
-
-    return attention_kernel, combine_kernel
+    return kernels.attention_kernel, kernels.combine_kernel
 
 
 def paged_attention(
@@ -214,6 +106,7 @@ def paged_attention(
         SPLITS=splits,
         CAUSAL=causal,
         SEARCH=SEARCH_STEPS,
+        PREFETCH=launch.prefetch,
         num_warps=launch.num_warps,
     )
     if splits > 1:
