@@ -171,7 +171,7 @@ def patch_flash_attention() -> bool:
         if query.dtype == fp8:  # quantised by vLLM's attention layer after all, with this scale
             q_scale = layer._q_scale
         else:
-            if query.device not in ones:  # made once, on the first step (never inside a CUDA graph's capture)
+            if query.device not in ones:  # made once, on the first call
                 ones[query.device] = torch.ones(1, dtype=torch.float32, device=query.device)
             q_scale = ones[query.device]
         heads, head_size = self.num_heads, self.head_size
