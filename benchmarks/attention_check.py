@@ -182,7 +182,7 @@ def time_both(
         rows.append({"kernel": "FlashAttention 3 (fp8 query)", "us": round(timed(flash), 1)})
     for launch in launches:
         us = timed(lambda launch=launch: ours(torch, case, False, launch))
-        rows.append({"kernel": f"ours {launch}", "us": round(us, 1)})
+        rows.append({"kernel": f"ours {launch.spec()}", "launch": launch.spec(), "us": round(us, 1)})
         if flash_attn_varlen_func is not None:  # differs by the query's fp8 rounding in FlashAttention 3
             rows[-1]["max_abs_difference"] = (ours(torch, case, False, launch).float() - out.float()).abs().max().item()
     for row in rows:
@@ -203,21 +203,26 @@ def main() -> None:
         "--launch",
         nargs="+",
         default=[
-            "64,4,1,1,0",
-            "64,4,1,1,1",
-            "128,4,1,1,1",
-            "128,8,2,1,0",
-            "256,8,2,1,0",
-            "32,2,1,1,1",
-            "64,4,1,4,1",
-            "64,4,2,4,0",
-            "128,4,1,4,1",
-            "64,4,1,8,1",
+            "64,4,1,1,0,0",
+            "64,4,1,1,1,0",
+            "64,4,1,1,0,1",
+            "64,4,1,1,1,1",
+            "128,4,1,1,1,1",
+            "128,8,2,1,0,1",
+            "256,8,2,1,0,0",
+            "32,2,1,1,1,1",
+            "32,4,1,1,1,1",
+            "16,2,1,1,1,1",
+            "64,4,1,4,1,1",
+            "64,4,2,4,0,1",
+            "128,4,1,4,1,0",
+            "64,4,1,8,1,0",
         ],
-        help="launch configurations to check and time: positions per iteration, warps, stages, splits, prefetch",
+        help="launch configurations to check and time: positions per iteration, warps, stages, splits, prefetch, "
+        "heads first",
     )
     args = parser.parse_args()
-    launches = [LaunchConfig(*(int(x) for x in spec.split(","))) for spec in args.launch]
+    launches = [LaunchConfig.parse(spec) for spec in args.launch]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results: dict[str, Any] = {"device": device, "correctness": check(torch, device, device == "cuda", launches)}
     if args.time:

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         description="Experimental: the decoder's attention in a Triton kernel of ours instead of FlashAttention, "
         "with queries in bf16 (not yet measured on a GPU).",
     )
+    vllm_triton_attention_launch: str = Field(
+        "",
+        pattern=r"^[0-9, ]*$",
+        description="Experimental: that kernel's launch as comma-separated integers: positions per iteration, "
+        "warps, loop stages, splits, prefetch (0/1), heads first (0/1); empty: the kernel's default.",
+    )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '

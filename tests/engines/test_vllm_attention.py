@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from whisper_endpoint.engines.vllm_attention import patch_flash_attention, takes_this_path
+from whisper_endpoint.engines.vllm_attention import DEFAULT_LAUNCH, LaunchConfig, patch_flash_attention, takes_this_path
 
 DECODER_TYPES = ("decoder", "encoder_decoder")
 
@@ -30,3 +30,13 @@ def test_the_decoders_attention_takes_the_kernel_on_every_step() -> None:
 def test_without_vllm_nothing_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)
     assert patch_flash_attention() is False
+
+
+def test_a_launch_is_written_as_integers_in_field_order() -> None:
+    launch = LaunchConfig.parse("128,8,2,4,1,1")
+    assert launch == LaunchConfig(tokens=128, num_warps=8, num_stages=2, splits=4, prefetch=True, heads_first=True)
+    assert LaunchConfig.parse(launch.spec()) == launch
+    assert LaunchConfig.parse("") == DEFAULT_LAUNCH
+    assert LaunchConfig.parse("32") == LaunchConfig(tokens=32)
+    with pytest.raises(ValueError):
+        LaunchConfig.parse("1,2,3,4,5,6,7")

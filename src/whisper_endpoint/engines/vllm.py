@@ -300,9 +300,9 @@ class VllmEngine:
 
             compile_encoder_layers()
         if settings.vllm_triton_attention:
-            from whisper_endpoint.engines.vllm_attention import patch_flash_attention
+            from whisper_endpoint.engines.vllm_attention import LaunchConfig, patch_flash_attention
 
-            patch_flash_attention()
+            patch_flash_attention(LaunchConfig.parse(settings.vllm_triton_attention_launch))
         self.max_batch_size = int(args["max_num_seqs"])
         llm = LLM(**args)
         self._llm = llm

@@ -19,7 +19,7 @@ cached positions, its new tokens included.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
@@ -31,17 +31,32 @@ PATCHED_MARK = "_whisper_endpoint_attention"
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the kernel runs: positions scored per loop iteration, warps per program, loop stages in flight,
-    programs per query token and head (each over a part of the positions, then combined; a power of 2), and
-    whether each iteration asks for the next positions' keys and values before working on its own."""
+    programs per query token and head (each over a part of the positions, then combined; a power of 2),
+    whether each iteration asks for the next positions' keys and values before working on its own, and whether
+    the programs of one token's heads are launched next to each other (else those of one head's tokens)."""
 
     tokens: int = 64
     num_warps: int = 4
     num_stages: int = 1
     splits: int = 1
     prefetch: bool = False
+    heads_first: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> LaunchConfig:
+        """From its fields as comma-separated integers in order ("64,4,1,1,1,0"); missing ones keep defaults."""
+        values = [int(part) for part in spec.split(",") if part.strip()]
+        if len(values) > len(fields(cls)):
+            raise ValueError(f"a launch has at most {len(fields(cls))} fields: {spec!r}")
+        given: dict[str, Any] = {f.name: v for f, v in zip(fields(cls), values, strict=False)}
+        return cls(**{name: bool(v) if name in BOOLEAN_FIELDS else v for name, v in given.items()})
+
+    def spec(self) -> str:
+        return ",".join(str(int(getattr(self, f.name))) for f in fields(self))
 
 
 DEFAULT_LAUNCH = LaunchConfig()
+BOOLEAN_FIELDS = ("prefetch", "heads_first")
 
 
 @cache
@@ -79,7 +94,8 @@ def paged_attention(
         partial = torch.empty((tokens, heads, splits, head_size + 2), dtype=torch.float32, device=query.device)
     real = tokens if num_query_tokens is None else num_query_tokens
     attend, combine = _kernels()
-    attend[(tokens, heads, splits)](
+    grid = (heads, tokens, splits) if launch.heads_first else (tokens, heads, splits)
+    attend[grid](
         query,
         kv_cache,
         block_table,
@@ -107,6 +123,7 @@ def paged_attention(
         CAUSAL=causal,
         SEARCH=SEARCH_STEPS,
         PREFETCH=launch.prefetch,
+        HEADS_FIRST=launch.heads_first,
         num_warps=launch.num_warps,
     )
     if splits > 1:
@@ -133,7 +150,7 @@ def takes_this_path(impl: Any, attn_metadata: Any, output_scale: Any, decoder_ty
     )
 
 
-def patch_flash_attention() -> bool:
+def patch_flash_attention(launch: LaunchConfig = DEFAULT_LAUNCH) -> bool:
     """Route vLLM's FlashAttention forward through `paged_attention` where `takes_this_path`, and keep queries
     in bf16; False where vLLM's FlashAttention backend is not there. Made before vLLM forks its engine core,
     which inherits it."""
@@ -186,6 +203,7 @@ def patch_flash_attention() -> bool:
             self.scale,
             causal=self.attn_type == AttentionType.DECODER,
             num_query_tokens=attn_metadata.num_actual_tokens,
+            launch=launch,
         )
         return output
 
@@ -199,5 +217,5 @@ def patch_flash_attention() -> bool:
     setattr(forward, PATCHED_MARK, True)
     FlashAttentionImpl.forward = forward
     FlashAttentionImpl.__init__ = init
-    log.info("vLLM engine: the decoder's attention runs on the Triton kernel, queries in bf16")
+    log.info("vLLM engine: the decoder's attention runs on the Triton kernel (%s), queries in bf16", launch)
     return True

@@ -62,9 +62,16 @@ def attention_kernel(  # type: ignore[no-untyped-def]
     CAUSAL: tl.constexpr,
     SEARCH: tl.constexpr,
     PREFETCH: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
 ):
-    token = tl.program_id(0)
-    head = tl.program_id(1)
+    if HEADS_FIRST:  # a token's heads run side by side, reading the same pages of an NHD cache together
+        head = tl.program_id(0)
+        token = tl.program_id(1)
+        heads = tl.num_programs(0)
+    else:
+        token = tl.program_id(0)
+        head = tl.program_id(1)
+        heads = tl.num_programs(1)
     split = tl.program_id(2)
     real = token < num_query_tokens
     low = token * 0  # the sequence holding this token: the last one starting at or before it
@@ -156,7 +163,7 @@ def attention_kernel(  # type: ignore[no-untyped-def]
         destination = output + token * out_stride_token + head * out_stride_head + dims
         tl.store(destination, out.to(output.dtype.element_ty), mask=real)
     else:  # this part's sums, relative to its own maximum, for the combine kernel
-        base = partial + ((token * tl.num_programs(1) + head) * SPLITS + split) * (HEAD_SIZE + 2)
+        base = partial + ((token * heads + head) * SPLITS + split) * (HEAD_SIZE + 2)
         tl.store(base + dims, acc)
         tl.store(base + HEAD_SIZE, running_max)
         tl.store(base + HEAD_SIZE + 1, denominator)
