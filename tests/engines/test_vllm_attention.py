@@ -38,5 +38,6 @@ def test_a_launch_is_written_as_integers_in_field_order() -> None:
     assert LaunchConfig.parse(launch.spec()) == launch
     assert LaunchConfig.parse("") == DEFAULT_LAUNCH
     assert LaunchConfig.parse("32") == LaunchConfig(tokens=32)
+    assert DEFAULT_LAUNCH.spec() == "256,8,2,1,0,0"
     with pytest.raises(ValueError):
         LaunchConfig.parse("1,2,3,4,5,6,7")

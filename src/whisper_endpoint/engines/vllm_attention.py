@@ -35,9 +35,9 @@ class LaunchConfig:
     whether each iteration asks for the next positions' keys and values before working on its own, and whether
     the programs of one token's heads are launched next to each other (else those of one head's tokens)."""
 
-    tokens: int = 64
-    num_warps: int = 4
-    num_stages: int = 1
+    tokens: int = 256  # the fastest of 14 launches for large-v3's cross-attention on an H100 (docs/benchmarks.md)
+    num_warps: int = 8
+    num_stages: int = 2
     splits: int = 1
     prefetch: bool = False
     heads_first: bool = False
