@@ -130,9 +130,10 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         engine._llm.start_profile()  # the driver is idle between runs, so the engine's client is free
         timed("profiled", options=no_nospeech)
         engine._llm.stop_profile()
-        row["profile"] = [gpu_trace.summarize(t) for t in sorted(trace_dir.glob("*.json*"))]
-        for t in trace_dir.glob("*.json*"):
-            shutil.copy(t, Path(args.out) / f"trace-{args.name}{''.join(t.suffixes[-2:])}")
+        row["profile"] = []
+        for trace in sorted(trace_dir.glob("*.json*")):
+            row["profile"].append(gpu_trace.summarize(trace))
+            shutil.copy(trace, Path(args.out) / f"trace-{args.name}{''.join(trace.suffixes[-2:])}")
     if "t100_noscores" in wanted:
         engine.scores = False
         timed("t100_noscores")

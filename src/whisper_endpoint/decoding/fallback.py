@@ -22,14 +22,14 @@ class Decoded:
     compression_ratio: float
     looping: bool = False  # repetitive text that the audio does not explain
 
+    def unsure(self, options: DecodeOptions) -> bool:
+        """Its mean log-probability is below the threshold: a fallback reason, and half of the silence rule."""
+        return self.avg_logprob < options.logprob_threshold
+
     def is_silence(self, options: DecodeOptions) -> bool:
         """openai/whisper's rule: likely no speech, and the decode is unsure of what it heard."""
         no_speech = self.generation.no_speech_prob
-        return (
-            no_speech is not None
-            and no_speech > options.no_speech_threshold
-            and self.avg_logprob < options.logprob_threshold
-        )
+        return no_speech is not None and no_speech > options.no_speech_threshold and self.unsure(options)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def decode_with_fallback(engine: Engine, windows: Sequence[WindowInput], options
         unsure = [
             i
             for i, d in decoded.items()
-            if d.generation.no_speech_prob is None and d.avg_logprob < options.logprob_threshold and i not in no_speech
+            if d.generation.no_speech_prob is None and d.unsure(options) and i not in no_speech
         ]
         no_speech.update(zip(unsure, _no_speech_probs(engine, [windows[i] for i in unsure], suppress), strict=True))
         retry = []
@@ -121,7 +121,7 @@ def _explained_by_audio(generation: Generation, text: str, duration_ms: int, eng
 
 
 def _failed(decoded: Decoded, options: DecodeOptions) -> bool:
-    return decoded.looping or decoded.avg_logprob < options.logprob_threshold
+    return decoded.looping or decoded.unsure(options)
 
 
 def _best(tries: list[Decoded], options: DecodeOptions) -> Decoded:
