@@ -92,9 +92,10 @@ class Settings(BaseSettings):
         description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",
     )
     vllm_triton_attention: bool = Field(
-        False,
-        description="Experimental: the decoder's attention in a Triton kernel of ours instead of FlashAttention, "
-        "with queries in bf16 (not yet measured on a GPU).",
+        True,
+        description="With an fp8 e4m3 KV cache, the decoder's attention runs on a Triton kernel of ours that keeps "
+        "queries in bf16 instead of FlashAttention 3, which rounds them to fp8: nearer bf16's WER, and faster in "
+        "the engine on an H100 (docs/benchmarks.md). false: vLLM's FlashAttention.",
     )
     vllm_triton_attention_launch: str = Field(
         "",

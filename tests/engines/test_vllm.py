@@ -50,6 +50,11 @@ def test_configuration_follows_the_compute_capability() -> None:
         choose_settings(Settings(), (7, 5))
     with pytest.raises(EngineUnavailableError, match=r"none is visible"):
         choose_settings(Settings(), None)
+    assert hopper.triton_attention and ada.triton_attention  # the e4m3 cache's queries stay bf16 on our kernel
+    assert not ampere.triton_attention  # bf16 cache: vLLM's FlashAttention
+    assert not choose_settings(Settings(kv_cache_dtype="bfloat16"), (9, 0)).triton_attention
+    assert not choose_settings(Settings(kv_cache_dtype="fp8_e5m2"), (9, 0)).triton_attention  # read as e4m3
+    assert not choose_settings(Settings(vllm_triton_attention=False), (9, 0)).triton_attention
     tuned = choose_settings(Settings(max_num_seqs=512, gpu_memory_utilization=0.5, enforce_eager=True), (9, 0))
     assert (tuned.max_num_seqs, tuned.gpu_memory_utilization, tuned.enforce_eager) == (512, 0.5, True)
 

@@ -41,6 +41,7 @@ BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows o
 # 16,384, gives 10). Engine alone, 100 tokens a window: 1,642x against 1,351x on one H100, 1,662 and 1,745x
 # against 1,224x on another (docs/benchmarks.md).
 BATCHED_TOKENS = 32768
+E4M3_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3")  # vLLM's names for the cache our attention kernel reads
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class VllmSettings:
     gpu_memory_utilization: float
     load_format: str
     note: str  # why the KV cache dtype is what it is, for the start-up log
+    triton_attention: bool = False  # the decoder's attention on our kernel (engines/vllm_attention.py)
 
 
 def choose_settings(settings: Settings, capability: tuple[int, int] | None, load_format: str = "auto") -> VllmSettings:
@@ -81,6 +83,8 @@ def choose_settings(settings: Settings, capability: tuple[int, int] | None, load
         gpu_memory_utilization=settings.gpu_memory_utilization,
         load_format=load_format,
         note=note,
+        # measured on the e4m3 cache only; bf16 caches keep vLLM's FlashAttention, whose queries are bf16 already
+        triton_attention=settings.vllm_triton_attention and kv in E4M3_KV_CACHE_DTYPES,
     )
 
 
@@ -299,7 +303,7 @@ class VllmEngine:
             from whisper_endpoint.engines.vllm_encoder import compile_encoder_layers
 
             compile_encoder_layers()
-        if settings.vllm_triton_attention:
+        if chosen.triton_attention:
             from whisper_endpoint.engines.vllm_attention import LaunchConfig, patch_flash_attention
 
             patch_flash_attention(LaunchConfig.parse(settings.vllm_triton_attention_launch))
