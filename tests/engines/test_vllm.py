@@ -68,6 +68,9 @@ def test_engine_arguments_take_the_chosen_configuration_then_the_users_own(
     args = engine_args(tmp_path, choose_settings(settings, (9, 0), "dummy"), settings)
     assert (args["model"], args["kv_cache_dtype"], args["load_format"]) == (str(tmp_path), "fp8_e4m3", "dummy")
     assert (args["max_num_batched_tokens"], args["max_num_seqs"]) == (16384, 384)  # the user's win
+    assert args["shutdown_timeout"] == 30  # vLLM's engine core drains for the server's grace period
+    graced = Settings(shutdown_grace_s=2.5)
+    assert engine_args(tmp_path, choose_settings(graced, (9, 0)), graced)["shutdown_timeout"] == 3
     monkeypatch.delenv("WHISPER_VLLM_ENGINE_ARGS")
     plain = engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
     assert plain["max_num_batched_tokens"] == 32768 and plain["max_num_seqs"] == 256

@@ -253,6 +253,9 @@ def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[
         "mm_processor_cache_gb": 0,
         "disable_log_stats": True,
         "max_num_batched_tokens": BATCHED_TOKENS,
+        # Ctrl-C signals the terminal's whole process group, vLLM's engine core included: it then finishes the
+        # windows in flight (vLLM's default aborts them) while the server drains its requests.
+        "shutdown_timeout": math.ceil(settings.shutdown_grace_s),
     }
     every = settings.vllm_admit_every_steps
     if every > 1:  # room on an admitting step for the windows that finished on the steps held back
