@@ -4,7 +4,10 @@ corpora of compressed uploads made from real speech (every file unique, so no ca
 from __future__ import annotations
 
 import csv
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +58,20 @@ def write_flac(path: Path, samples: np.ndarray) -> None:
             container.mux(packet)
 
 
-def make_corpus(sources: Sequence[Path], out: Path, count: int, seconds: float | None, seed: int = 0) -> list[Path]:
+def _write_copy(path: Path, clip: np.ndarray, seed: int, index: int) -> Path:
+    """One upload: the clip with a dither of its own (seeded by its index, so the corpus does not depend on
+    which process wrote which file)."""
+    rng = np.random.default_rng([seed, index])
+    write_flac(path, clip + rng.normal(0, DITHER, len(clip)).astype(np.float32))
+    return path
+
+
+def make_corpus(
+    sources: Sequence[Path], out: Path, count: int, seconds: float | None, seed: int = 0, workers: int | None = None
+) -> list[Path]:
     """`count` unique FLAC files of real speech: windows of `seconds` cut from the sources laid end to
-    end, or (seconds=None) the source clips themselves, in turn; each copy with its own dither."""
-    rng = np.random.default_rng(seed)
+    end, or (seconds=None) the source clips themselves, in turn; each copy with its own dither. Written by
+    `workers` processes (default: one per core): one process took 6 minutes for 8,192 files of 30 s."""
     clips = [load_audio(AudioSource(s)) for s in sources]
     if seconds is not None:
         speech = np.concatenate(clips)
@@ -67,10 +80,8 @@ def make_corpus(sources: Sequence[Path], out: Path, count: int, seconds: float |
             raise SystemExit(f"bench: the sources hold less than {seconds} s of audio")
         clips = [speech[i : i + size] for i in range(0, len(speech) - size + 1, size)]
     out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i in range(count):
-        noisy = clips[i % len(clips)] + rng.normal(0, DITHER, len(clips[i % len(clips)])).astype(np.float32)
-        path = out / f"{i:05d}.flac"
-        write_flac(path, noisy)
-        files.append(path)
-    return files
+    paths = [out / f"{i:05d}.flac" for i in range(count)]
+    spawn = multiprocessing.get_context("spawn")  # the caller may hold threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+        copies = (clips[i % len(clips)] for i in range(count))
+        return list(pool.map(_write_copy, paths, copies, repeat(seed), range(count), chunksize=8))
