@@ -30,6 +30,7 @@ from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import SamplingOptions, WindowInput
 
 PORT = 8100
+LARGE_V3_SHIFTED_FROM = 50358  # large-v3 added <|yue|> here: ids from <|translate|> up are one higher than base's
 
 
 def _log(message: str) -> None:
@@ -239,12 +240,20 @@ def speed_offline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def large_v3_shape(work: str, checkpoint_script: str, tokenizer_src: str) -> Path:
-    """The large-v3-shaped checkpoint with no weights (config and tokenizer), made once under `work`."""
-    checkpoint = Path(work) / "large-v3-shape"
+def large_v3_shape(work: str, checkpoint_script: str, tokenizer_src: str, suppress: bool = False) -> Path:
+    """The large-v3-shaped checkpoint with no weights (config and tokenizer), made once under `work`. With
+    `suppress`, its config lists the tokens a real large-v3 suppresses (the checkpoint script's config has
+    none, so by default no window pays for suppressing them): whisper-base's list from `tokenizer_src`, the
+    special tokens moved up one as large-v3's vocabulary has them."""
+    checkpoint = Path(work) / ("large-v3-shape-suppress" if suppress else "large-v3-shape")
     if not (checkpoint / "config.json").is_file():
         checkpoint.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, checkpoint_script, tokenizer_src, str(checkpoint)], check=True)
+        if suppress:
+            base = json.loads((Path(tokenizer_src) / "config.json").read_text())["suppress_ids"]
+            config = json.loads((checkpoint / "config.json").read_text())
+            config["suppress_tokens"] = [t + 1 if t >= LARGE_V3_SHIFTED_FROM else t for t in base]
+            (checkpoint / "config.json").write_text(json.dumps(config, indent=1))
     return checkpoint
 
 

@@ -175,6 +175,11 @@ def main() -> None:
     parser.add_argument("--tokenizer-src", required=True)
     parser.add_argument("--checkpoint-script", required=True)
     parser.add_argument(
+        "--real-suppress",
+        action="store_true",
+        help="the checkpoint lists the tokens a real large-v3 suppresses (about 90), as real checkpoints do",
+    )
+    parser.add_argument(
         "--system",
         action="append",
         required=True,
@@ -191,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src)
+    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src, args.real_suppress)
     loads = corpora(Path(args.data), work, args.long_count, args.short_count)
     loads = {k: v for k, v in loads.items() if not args.corpus or k in args.corpus}
     rows = []

@@ -87,7 +87,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     engine = VllmEngine(settings, load_format="dummy")
     row: dict[str, Any] = {"variant": args.name, "settings": variant, "start_s": round(time.monotonic() - started, 1)}
     window = noise_window(engine.tokenizer)
-    options = SamplingOptions(max_new_tokens=100, suppress_tokens=())
+    options = SamplingOptions(max_new_tokens=100, suppress_tokens=(-1,))  # the model's list, as the server asks
     engine.generate([window] * 64, options)  # warm-up
     size = args.part_size
     parts = [min(size, args.windows - i) for i in range(0, args.windows, size)]
@@ -149,6 +149,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer-src")
     parser.add_argument("--checkpoint-script")
+    parser.add_argument(
+        "--real-suppress",
+        action="store_true",
+        help="the checkpoint lists the tokens a real large-v3 suppresses (about 90), as real checkpoints do",
+    )
     parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
     parser.add_argument("--out", default=".")
     parser.add_argument("--windows", type=int, default=1024)
@@ -168,7 +173,7 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src)
+    checkpoint = large_v3_shape(args.work, args.checkpoint_script, args.tokenizer_src, args.real_suppress)
     rows = []
     for name, settings in args.variant or [("default", "{}")]:
         cmd = [sys.executable, "-m", "benchmarks.gpu_probe", "--one", "--model", str(checkpoint), "--name", name]

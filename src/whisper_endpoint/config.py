@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         description="Experimental: that kernel's launch as comma-separated integers: positions per iteration, "
         "warps, loop stages, splits, prefetch (0/1), heads first (0/1); empty: the kernel's default.",
     )
+    vllm_batch_suppress: bool = Field(
+        False,
+        description="Experimental: the suppressed tokens (the checkpoint's suppress_tokens) applied to the whole "
+        "batch by a logits processor of ours, instead of vLLM's logit_bias, which rebuilds every window's list "
+        "in Python whenever the batch changes (not yet measured on a GPU).",
+    )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '

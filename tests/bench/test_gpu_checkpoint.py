@@ -1,0 +1,33 @@
+"""The large-v3-shaped benchmark checkpoint: made once, and with --real-suppress listing large-v3's suppressed
+tokens (whisper-base's list, special tokens moved up one), which the engine then reads as the model's own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.gpu_check import large_v3_shape
+
+from whisper_endpoint.engines.vllm import model_suppress_tokens
+
+SCRIPT = """import json, sys
+out = sys.argv[2]
+json.dump({"vocab_size": 51866}, open(out + "/config.json", "w"))
+json.dump({"decoder_start_token_id": 50258}, open(out + "/generation_config.json", "w"))
+"""
+
+
+def test_the_checkpoint_lists_large_v3s_suppressed_tokens_only_when_asked(tmp_path: Path) -> None:
+    script = tmp_path / "make.py"
+    script.write_text(SCRIPT)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"suppress_ids": [1, 2, 50257, 50258, 50358, 50362]}))
+    plain = large_v3_shape(str(tmp_path / "work"), str(script), str(base))
+    assert model_suppress_tokens(plain) == ()  # as the checkpoint script makes it
+    real = large_v3_shape(str(tmp_path / "work"), str(script), str(base), suppress=True)
+    assert real != plain
+    assert model_suppress_tokens(real) == (1, 2, 50257, 50258, 50359, 50363)
+    assert json.loads((real / "config.json").read_text())["vocab_size"] == 51866  # the rest kept
+    script.write_text("raise SystemExit(1)")  # made once: not run again
+    assert large_v3_shape(str(tmp_path / "work"), str(script), str(base), suppress=True) == real
