@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 FOLDERS = ("B_librispeech/test-clean", "C_longform", "D_multilingual", "E_nonspeech")
-AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".aiff")
 
 
 class CountingEngine:
@@ -50,6 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     from benchmarks import command_line
     from whisper_endpoint.audio.decode import AudioSource
+    from whisper_endpoint.bench.corpus import corpus
     from whisper_endpoint.config import Settings
     from whisper_endpoint.decoding.options import DecodeOptions
     from whisper_endpoint.decoding.transcribe import transcribe
@@ -58,7 +58,7 @@ def main() -> None:
     engine = CTranslate2Engine.from_settings(Settings(model=args.model))
     rows = []
     for folder in FOLDERS:
-        files = sorted(p for p in (Path(args.data) / folder).rglob("*") if p.suffix in AUDIO_SUFFIXES)
+        files = corpus([str(Path(args.data) / folder)])
         row: dict[str, Any] = {"folder": folder, "files": len(files)}
         texts = {}
         for report in (True, False):

@@ -15,7 +15,10 @@ import numpy as np
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.decode import AudioSource, load_audio, probe_duration_s
 
-AUDIO_SUFFIXES = {".flac", ".mp3", ".wav", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
+AUDIO_SUFFIXES = {  # containers the server decodes (tests/audio checks them on one clip in each)
+    *(".flac", ".mp3", ".wav", ".m4a", ".ogg", ".opus", ".webm", ".mp4"),
+    *(".aiff", ".aif", ".aac", ".mka", ".wma"),
+}
 DITHER = 3e-4  # about -70 dBFS of noise: inaudible, but no two uploads are the same bytes
 
 
