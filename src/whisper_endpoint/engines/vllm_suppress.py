@@ -2,7 +2,7 @@
 
 vLLM's `logit_bias` keeps each request's biases in a dict and, whenever the batch changes, rebuilds in Python a
 list of every entry of every request and copies it to the GPU. A real Whisper checkpoint suppresses about 90
-tokens (its `suppress_tokens`), so 512 windows make 46,000 entries: that rebuild took about 6 ms of a CPU core
+tokens (its `suppress_tokens`), so 512 windows make about 45,000 entries: that rebuild took about 6 ms of a CPU core
 when timed alone (torch on a 2-core x86 machine), and under load it runs on nearly every step of vLLM's
 single-threaded engine core, where windows start and finish all the time. Requests here share a handful of
 suppress lists (usually one), so `SuppressRows` groups the batch's rows by list and the processor
