@@ -11,8 +11,10 @@ scores, and 1 token (encoder and prompt alone). During the first it samples the 
 of the processes when py-spy is installed. `--timings` picks some of the four ways. `--profile-steps N`
 adds one more untimed run of the second way with vLLM's torch profiler over N engine steps once the batch is
 full, and writes the trace and its summary (`benchmarks.gpu_trace`). Windows go in from `--in-flight / --part-size`
-threads, each waiting for its part before the next (default 256 in flight, in parts of 16). A table of the
-variants is printed last.
+threads, each waiting for its part before the next (default 256 in flight, in parts of 16). The engine runs in
+the probe's process unless a variant sets `"engine_process": true`, which runs it as the server does, in a
+process of its own that windows reach over a socket (then only t100 and t100_no_nospeech are timed, unprofiled).
+A table of the variants is printed last.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> Non
 def one(args: argparse.Namespace) -> dict[str, Any]:
     from whisper_endpoint.config import Settings
     from whisper_endpoint.engines.base import SamplingOptions
+    from whisper_endpoint.engines.pool import vllm_pool
     from whisper_endpoint.engines.vllm import VllmEngine
 
     variant = json.loads(args.settings)
@@ -81,10 +84,17 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
             "max_iterations": args.profile_steps,
         }
         variant = {**variant, "vllm_engine_args": {**variant.get("vllm_engine_args", {}), "profiler_config": profiler}}
-    defaults = {"model": args.model, "load_format": "dummy", "max_num_seqs": 512, "forced_tokens_per_30s": 100}
+    defaults = {
+        "model": args.model,
+        "load_format": "dummy",
+        "max_num_seqs": 512,
+        "forced_tokens_per_30s": 100,
+        "engine_process": False,  # the engine in this process; {"engine_process": true}: as the server runs it
+    }
     settings = Settings(**{**defaults, **variant})
     started = time.monotonic()
-    engine = VllmEngine(settings, load_format="dummy")
+    engine: Any = vllm_pool(settings)  # with engine_process, windows cross to the engine over a socket
+    in_process = isinstance(engine, VllmEngine)  # the timings below that change the engine's attributes
     row: dict[str, Any] = {"variant": args.name, "settings": variant, "start_s": round(time.monotonic() - started, 1)}
     window = noise_window(engine.tokenizer)
     options = SamplingOptions(max_new_tokens=100, suppress_tokens=(-1,))  # the model's list, as the server asks
@@ -126,7 +136,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         timed("t100", sample=True)
     if "t100_no_nospeech" in wanted:
         timed("t100_no_nospeech", options=no_nospeech, sample="t100" not in wanted)
-    if args.profile_steps:
+    if args.profile_steps and in_process:
         engine._llm.start_profile()  # the driver is idle between runs, so the engine's client is free
         timed("profiled", options=no_nospeech)
         engine._llm.stop_profile()
@@ -134,11 +144,11 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         for trace in sorted(trace_dir.glob("*.json*")):
             row["profile"].append(gpu_trace.summarize(trace))
             shutil.copy(trace, Path(args.out) / f"trace-{args.name}{''.join(trace.suffixes[-2:])}")
-    if "t100_noscores" in wanted:
+    if "t100_noscores" in wanted and in_process:
         engine.scores = False
         timed("t100_noscores")
         engine.scores = True
-    if "t1" in wanted:
+    if "t1" in wanted and in_process:
         engine.forced_tokens_per_30s = 1
         timed("t1")
     engine.close()
