@@ -126,7 +126,7 @@ def check(torch: Any, device: str, large: bool, launches: list[LaunchConfig]) ->
             for launch in launches:
                 error = (ours(torch, case, causal, launch).float().cpu() - expected).abs().max().item()
                 relative = error / expected.abs().max().item()
-                rows.append({"case": name, "fp8": fp8, "layout": layout, "launch": str(launch), "error": relative})
+                rows.append({"case": name, "fp8": fp8, "layout": layout, "launch": launch.spec(), "error": relative})
                 assert relative < 0.01, rows[-1]  # largest error against the largest value: bf16 output rounding
     return rows
 
@@ -217,9 +217,15 @@ def main() -> None:
             "64,4,2,4,0,1",
             "128,4,1,4,1,0",
             "64,4,1,8,1,0",
+            "16,4,1,1,0,0,4",
+            "32,4,1,1,0,0,4",
+            "32,8,2,1,0,0,4",
+            "64,8,1,1,0,0,4",
+            "64,8,2,1,0,0,2",
+            "16,8,2,1,0,0,8",
         ],
         help="launch configurations to check and time: positions per iteration, warps, stages, splits, prefetch, "
-        "heads first",
+        "heads first, heads per program",
     )
     args = parser.parse_args()
     launches = [LaunchConfig.parse(spec) for spec in args.launch]

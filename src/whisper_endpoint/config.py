@@ -101,7 +101,8 @@ class Settings(BaseSettings):
         "",
         pattern=r"^[0-9, ]*$",
         description="Experimental: that kernel's launch as comma-separated integers: positions per iteration, "
-        "warps, loop stages, splits, prefetch (0/1), heads first (0/1); empty: the kernel's default.",
+        "warps, loop stages, splits, prefetch (0/1), heads first (0/1), heads per program; empty: the kernel's "
+        "default.",
     )
     vllm_batch_suppress: bool = Field(
         False,

@@ -38,6 +38,9 @@ def test_a_launch_is_written_as_integers_in_field_order() -> None:
     assert LaunchConfig.parse(launch.spec()) == launch
     assert LaunchConfig.parse("") == DEFAULT_LAUNCH
     assert LaunchConfig.parse("32") == LaunchConfig(tokens=32)
-    assert DEFAULT_LAUNCH.spec() == "256,8,2,1,0,0"
-    with pytest.raises(ValueError):
-        LaunchConfig.parse("1,2,3,4,5,6,7")
+    assert DEFAULT_LAUNCH.spec() == "256,8,2,1,0,0,1"
+    assert LaunchConfig.parse("32,8,1,1,0,0,4").heads_per_program == 4
+    with pytest.raises(ValueError, match="at most 7 fields"):
+        LaunchConfig.parse("1,2,3,4,5,6,7,8")
+    with pytest.raises(ValueError, match="neither splits nor prefetch"):
+        LaunchConfig.parse("32,8,1,4,0,0,4")

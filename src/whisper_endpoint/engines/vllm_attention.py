@@ -33,8 +33,10 @@ PATCHED_MARK = "_whisper_endpoint_attention"
 class LaunchConfig:
     """How the kernel runs: positions scored per loop iteration, warps per program, loop stages in flight,
     programs per query token and head (each over a part of the positions, then combined; a power of 2),
-    whether each iteration asks for the next positions' keys and values before working on its own, and whether
-    the programs of one token's heads are launched next to each other (else those of one head's tokens)."""
+    whether each iteration asks for the next positions' keys and values before working on its own, whether
+    the programs of one token's heads are launched next to each other (else those of one head's tokens), and
+    how many heads one program serves (a power of 2; above 1, neither splits nor prefetch: in an NHD cache a
+    position's heads are contiguous, so such a program reads longer runs of bytes)."""
 
     tokens: int = 256  # the fastest of 14 launches for large-v3's cross-attention on an H100 (docs/benchmarks.md)
     num_warps: int = 8
@@ -42,6 +44,11 @@ class LaunchConfig:
     splits: int = 1
     prefetch: bool = False
     heads_first: bool = False
+    heads_per_program: int = 1
+
+    def __post_init__(self) -> None:
+        if self.heads_per_program > 1 and (self.splits > 1 or self.prefetch):
+            raise ValueError(f"several heads per program take neither splits nor prefetch: {self}")
 
     @classmethod
     def parse(cls, spec: str) -> LaunchConfig:
@@ -61,10 +68,10 @@ BOOLEAN_FIELDS = ("prefetch", "heads_first")
 
 
 @cache
-def _kernels() -> tuple[Any, Any]:
+def _kernels() -> tuple[Any, Any, Any]:
     from whisper_endpoint.engines import vllm_attention_kernels as kernels
 
-    return kernels.attention_kernel, kernels.combine_kernel
+    return kernels.attention_kernel, kernels.combine_kernel, kernels.grouped_attention_kernel
 
 
 def paged_attention(
@@ -94,7 +101,39 @@ def paged_attention(
     if splits > 1:
         partial = torch.empty((tokens, heads, splits, head_size + 2), dtype=torch.float32, device=query.device)
     real = tokens if num_query_tokens is None else num_query_tokens
-    attend, combine = _kernels()
+    attend, combine, grouped = _kernels()
+    if launch.heads_per_program > 1:
+        group = launch.heads_per_program
+        grouped[(tokens, -(-heads // group))](
+            query,
+            kv_cache,
+            block_table,
+            seq_lens,
+            query_start,
+            output,
+            *scales,
+            softmax_scale,
+            real,
+            query_start.shape[0] - 1,
+            heads,
+            query.stride(0),
+            query.stride(1),
+            kv_cache.stride(0),
+            kv_cache.stride(1),
+            kv_cache.stride(2),
+            block_table.stride(0),
+            output.stride(0),
+            output.stride(1),
+            HEAD_SIZE=head_size,
+            BLOCK_SIZE=kv_cache.shape[2],
+            TOKENS=launch.tokens,
+            STAGES=launch.num_stages,
+            HEADS=group,
+            CAUSAL=causal,
+            SEARCH=SEARCH_STEPS,
+            num_warps=launch.num_warps,
+        )
+        return
     grid = (heads, tokens, splits) if launch.heads_first else (tokens, heads, splits)
     attend[grid](
         query,

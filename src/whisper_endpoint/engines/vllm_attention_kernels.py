@@ -31,6 +31,30 @@ def load_rows(  # type: ignore[no-untyped-def]
     return k, v
 
 
+@triton.jit  # type: ignore[untyped-decorator]
+def sequence_and_visible(  # type: ignore[no-untyped-def]
+    query_start, seq_lens, token, real, num_seqs, CAUSAL: tl.constexpr, SEARCH: tl.constexpr
+):
+    """The sequence holding query `token` (the last one starting at or before it, by binary search) and how
+    many of its cached positions the token sees: all of them, or (causal) the cached ones and the new ones up
+    to itself."""
+    low = token * 0
+    high = low + num_seqs
+    for _ in tl.static_range(SEARCH):
+        middle = (low + high) // 2
+        after = tl.load(query_start + middle, mask=middle < num_seqs, other=0) <= token
+        low = tl.where(after & (middle < high), middle, low)
+        high = tl.where(after, high, middle)
+    seq = low
+    seq_len = tl.load(seq_lens + seq, mask=real, other=0)
+    visible = seq_len
+    if CAUSAL:
+        first_new = tl.load(query_start + seq)
+        new = tl.load(query_start + seq + 1) - first_new
+        visible = tl.minimum(tl.maximum(seq_len - new + (token - first_new) + 1, 0), seq_len)
+    return seq, visible
+
+
 @triton.jit  # type: ignore[untyped-decorator]  # parameters unannotated: Triton reads annotations
 def attention_kernel(  # type: ignore[no-untyped-def]
     query,  # [tokens, heads, head_size]
@@ -74,20 +98,7 @@ def attention_kernel(  # type: ignore[no-untyped-def]
         heads = tl.num_programs(1)
     split = tl.program_id(2)
     real = token < num_query_tokens
-    low = token * 0  # the sequence holding this token: the last one starting at or before it
-    high = low + num_seqs
-    for _ in tl.static_range(SEARCH):
-        middle = (low + high) // 2
-        after = tl.load(query_start + middle, mask=middle < num_seqs, other=0) <= token
-        low = tl.where(after & (middle < high), middle, low)
-        high = tl.where(after, high, middle)
-    seq = low
-    seq_len = tl.load(seq_lens + seq, mask=real, other=0)
-    visible = seq_len
-    if CAUSAL:  # a new token sees the cached positions and the new ones up to itself
-        first_new = tl.load(query_start + seq)
-        new = tl.load(query_start + seq + 1) - first_new
-        visible = tl.minimum(tl.maximum(seq_len - new + (token - first_new) + 1, 0), seq_len)
+    seq, visible = sequence_and_visible(query_start, seq_lens, token, real, num_seqs, CAUSAL, SEARCH)
     dims = tl.arange(0, HEAD_SIZE)
     q = tl.load(query + token * q_stride_token + head * q_stride_head + dims, mask=real, other=0.0).to(tl.float32)
     q = q * (tl.load(q_scale_ptr) * tl.load(k_scale_ptr) * softmax_scale)
@@ -193,3 +204,70 @@ def combine_kernel(  # type: ignore[no-untyped-def]
     out = acc * tl.load(v_scale_ptr) / tl.maximum(denominator, 1e-30)
     destination = output + token * out_stride_token + head * out_stride_head + dims
     tl.store(destination, out.to(output.dtype.element_ty), mask=token < num_query_tokens)
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def grouped_attention_kernel(  # type: ignore[no-untyped-def]
+    query,
+    kv_cache,
+    block_table,
+    seq_lens,
+    query_start,
+    output,
+    q_scale_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    softmax_scale,
+    num_query_tokens,
+    num_seqs,
+    num_heads,
+    q_stride_token,
+    q_stride_head,
+    kv_stride_block,
+    kv_stride_head,
+    kv_stride_position,
+    bt_stride,
+    out_stride_token,
+    out_stride_head,
+    HEAD_SIZE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TOKENS: tl.constexpr,
+    STAGES: tl.constexpr,
+    HEADS: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    SEARCH: tl.constexpr,
+):
+    """`attention_kernel` with HEADS heads of one query token per program: in an NHD cache a position's heads
+    lie side by side, so each program reads HEADS * 2 * HEAD_SIZE contiguous bytes per position."""
+    token = tl.program_id(0)
+    heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
+    real = token < num_query_tokens
+    head_ok = heads < num_heads
+    seq, visible = sequence_and_visible(query_start, seq_lens, token, real, num_seqs, CAUSAL, SEARCH)
+    dims = tl.arange(0, HEAD_SIZE)
+    q_rows = query + token * q_stride_token + heads[:, None] * q_stride_head + dims[None, :]
+    q = tl.load(q_rows, mask=real & head_ok[:, None], other=0.0).to(tl.float32)  # [HEADS, HEAD_SIZE]
+    q = q * (tl.load(q_scale_ptr) * tl.load(k_scale_ptr) * softmax_scale)
+    positions = tl.arange(0, TOKENS)
+    running_max = tl.full((HEADS,), float("-inf"), tl.float32)
+    denominator = tl.zeros((HEADS,), tl.float32)
+    acc = tl.zeros((HEADS, HEAD_SIZE), tl.float32)
+    for start in tl.range(0, visible, TOKENS, num_stages=STAGES):
+        position = start + positions
+        valid = position < visible
+        page = tl.load(block_table + seq * bt_stride + position // BLOCK_SIZE, mask=valid, other=0)
+        row = kv_cache + page.to(tl.int64) * kv_stride_block + (position % BLOCK_SIZE) * kv_stride_position
+        where = row[:, None, None] + heads[None, :, None] * kv_stride_head + dims[None, None, :]
+        wanted = valid[:, None, None] & head_ok[None, :, None]
+        k = tl.load(where, mask=wanted, other=0.0).to(tl.float32)  # [TOKENS, HEADS, HEAD_SIZE]
+        v = tl.load(where + HEAD_SIZE, mask=wanted, other=0.0).to(tl.float32)
+        scores = tl.where(valid[:, None], tl.sum(k * q[None, :, :], axis=2), float("-inf"))  # [TOKENS, HEADS]
+        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+        weights = tl.exp(scores - new_max[None, :])
+        correction = tl.exp(running_max - new_max)
+        denominator = denominator * correction + tl.sum(weights, axis=0)
+        acc = acc * correction[:, None] + tl.sum(weights[:, :, None] * v, axis=0)
+        running_max = new_max
+    out = acc * tl.load(v_scale_ptr) / tl.maximum(denominator, 1e-30)[:, None]  # nothing visible: zeros
+    destination = output + token * out_stride_token + heads[:, None] * out_stride_head + dims[None, :]
+    tl.store(destination, out.to(output.dtype.element_ty), mask=real & head_ok[:, None])
