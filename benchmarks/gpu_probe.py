@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -72,6 +73,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     from whisper_endpoint.engines.pool import vllm_pool
     from whisper_endpoint.engines.vllm import VllmEngine
 
+    # the engine driver's 10 s reports (windows per step, steps per second), as in the server's log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     variant = json.loads(args.settings)
     trace_dir = Path(args.work) / f"trace-{args.name}"
     if args.profile_steps:
