@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -100,10 +100,19 @@ class Settings(BaseSettings):
     vllm_triton_attention_launch: str = Field(
         "",
         pattern=r"^[0-9, ]*$",
-        description="Experimental: that kernel's launch as comma-separated integers: positions per iteration, "
+        description="Tuning: that kernel's launch as comma-separated integers: positions per iteration, "
         "warps, loop stages, splits, prefetch (0/1), heads first (0/1), heads per program; empty: the kernel's "
         "default.",
     )
+
+    @field_validator("vllm_triton_attention_launch")
+    @classmethod
+    def _launch_is_valid(cls, spec: str) -> str:
+        from whisper_endpoint.engines.vllm_attention import LaunchConfig  # standard library only at import
+
+        LaunchConfig.parse(spec)  # its ValueError becomes this setting's validation error, at start-up
+        return spec
+
     vllm_batch_suppress: bool = Field(
         False,
         description="Experimental: the suppressed tokens (the checkpoint's suppress_tokens) applied to the whole "

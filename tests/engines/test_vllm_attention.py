@@ -7,7 +7,9 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
+from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.vllm_attention import DEFAULT_LAUNCH, LaunchConfig, patch_flash_attention, takes_this_path
 
 DECODER_TYPES = ("decoder", "encoder_decoder")
@@ -44,3 +46,6 @@ def test_a_launch_is_written_as_integers_in_field_order() -> None:
         LaunchConfig.parse("1,2,3,4,5,6,7,8")
     with pytest.raises(ValueError, match="neither splits nor prefetch"):
         LaunchConfig.parse("32,8,1,4,0,0,4")
+    with pytest.raises(ValidationError, match="neither splits nor prefetch"):  # refused with the settings
+        Settings(vllm_triton_attention_launch="32,8,1,4,0,0,4")
+    assert Settings(vllm_triton_attention_launch="32,8,2").vllm_triton_attention_launch == "32,8,2"
