@@ -96,75 +96,45 @@ def paged_attention(
     import torch
 
     tokens, heads, head_size = query.shape
+    real = tokens if num_query_tokens is None else num_query_tokens
+    attend, combine, grouped = _kernels()
+    # what both kernels take, in their parameters' order
+    tensors = (query, kv_cache, block_table, seq_lens, query_start, output)
+    counts = (softmax_scale, real, query_start.shape[0] - 1)
+    strides = (
+        *query.stride()[:2],
+        *kv_cache.stride()[:3],
+        block_table.stride(0),
+        *output.stride()[:2],
+    )
+    shape = {
+        "HEAD_SIZE": head_size,
+        "BLOCK_SIZE": kv_cache.shape[2],
+        "TOKENS": launch.tokens,
+        "STAGES": launch.num_stages,
+        "CAUSAL": causal,
+        "SEARCH": SEARCH_STEPS,
+        "num_warps": launch.num_warps,
+    }
+    if launch.heads_per_program > 1:
+        group = launch.heads_per_program
+        grouped[(tokens, -(-heads // group))](*tensors, *scales, *counts, heads, *strides, HEADS=group, **shape)
+        return
     splits = launch.splits
     partial = output  # not read with one program per token and head
     if splits > 1:
         partial = torch.empty((tokens, heads, splits, head_size + 2), dtype=torch.float32, device=query.device)
-    real = tokens if num_query_tokens is None else num_query_tokens
-    attend, combine, grouped = _kernels()
-    if launch.heads_per_program > 1:
-        group = launch.heads_per_program
-        grouped[(tokens, -(-heads // group))](
-            query,
-            kv_cache,
-            block_table,
-            seq_lens,
-            query_start,
-            output,
-            *scales,
-            softmax_scale,
-            real,
-            query_start.shape[0] - 1,
-            heads,
-            query.stride(0),
-            query.stride(1),
-            kv_cache.stride(0),
-            kv_cache.stride(1),
-            kv_cache.stride(2),
-            block_table.stride(0),
-            output.stride(0),
-            output.stride(1),
-            HEAD_SIZE=head_size,
-            BLOCK_SIZE=kv_cache.shape[2],
-            TOKENS=launch.tokens,
-            STAGES=launch.num_stages,
-            HEADS=group,
-            CAUSAL=causal,
-            SEARCH=SEARCH_STEPS,
-            num_warps=launch.num_warps,
-        )
-        return
     grid = (heads, tokens, splits) if launch.heads_first else (tokens, heads, splits)
     attend[grid](
-        query,
-        kv_cache,
-        block_table,
-        seq_lens,
-        query_start,
-        output,
+        *tensors,
         partial,
         *scales,
-        softmax_scale,
-        real,
-        query_start.shape[0] - 1,
-        query.stride(0),
-        query.stride(1),
-        kv_cache.stride(0),
-        kv_cache.stride(1),
-        kv_cache.stride(2),
-        block_table.stride(0),
-        output.stride(0),
-        output.stride(1),
-        HEAD_SIZE=head_size,
-        BLOCK_SIZE=kv_cache.shape[2],
-        TOKENS=launch.tokens,
-        STAGES=launch.num_stages,
+        *counts,
+        *strides,
         SPLITS=splits,
-        CAUSAL=causal,
-        SEARCH=SEARCH_STEPS,
         PREFETCH=launch.prefetch,
         HEADS_FIRST=launch.heads_first,
-        num_warps=launch.num_warps,
+        **shape,
     )
     if splits > 1:
         combine[(tokens, heads)](
