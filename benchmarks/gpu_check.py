@@ -257,6 +257,17 @@ def large_v3_shape(work: str, checkpoint_script: str, tokenizer_src: str, suppre
     return checkpoint
 
 
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """Where `large_v3_shape` makes the checkpoint from, and whether it lists large-v3's suppressed tokens."""
+    parser.add_argument("--tokenizer-src", required=required)
+    parser.add_argument("--checkpoint-script", required=required)
+    parser.add_argument(
+        "--real-suppress",
+        action="store_true",
+        help="the checkpoint lists the tokens a real large-v3 suppresses (about 90), as real checkpoints do",
+    )
+
+
 def _speed_one_run(checkpoint: Path, windows: int, options: list[str], labels: dict[str, Any]) -> dict[str, Any]:
     """One `speed-one` run in a process of its own (GPU memory is free again after it); its JSON row, or
     `labels` with the error's last lines."""

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check import PORT, large_v3_shape
+from benchmarks.gpu_check import PORT, add_checkpoint_arguments, large_v3_shape
 from benchmarks.gpu_probe import py_spy_dumps
 from whisper_endpoint.bench import wait_ready
 
@@ -172,13 +172,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--tokenizer-src", required=True)
-    parser.add_argument("--checkpoint-script", required=True)
-    parser.add_argument(
-        "--real-suppress",
-        action="store_true",
-        help="the checkpoint lists the tokens a real large-v3 suppresses (about 90), as real checkpoints do",
-    )
+    add_checkpoint_arguments(parser)
     parser.add_argument(
         "--system",
         action="append",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import gpu_trace
-from benchmarks.gpu_check import large_v3_shape, noise_window
+from benchmarks.gpu_check import add_checkpoint_arguments, large_v3_shape, noise_window
 from benchmarks.proc_stats import GpuBusy, cpu_by_thread, descendants
 from whisper_endpoint.engines.process import MAX_WINDOWS_PER_MESSAGE
 
@@ -160,13 +160,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer-src")
-    parser.add_argument("--checkpoint-script")
-    parser.add_argument(
-        "--real-suppress",
-        action="store_true",
-        help="the checkpoint lists the tokens a real large-v3 suppresses (about 90), as real checkpoints do",
-    )
+    add_checkpoint_arguments(parser, required=False)  # a variant's own run (--one) needs none
     parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
     parser.add_argument("--out", default=".")
     parser.add_argument("--windows", type=int, default=1024)
