@@ -53,7 +53,7 @@ def find_py_spy() -> str | None:
 
 def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> None:
     """One `py-spy dump` of each process under this one, when py-spy is there, and 5 s of sampled stacks
-    of those whose dump shows one of `record_if`."""
+    of those whose dump shows one of `record_if`, then 5 s of the thread holding the GIL alone."""
     spy = find_py_spy()
     if spy is None:
         return
@@ -63,8 +63,13 @@ def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> Non
             f.write(f"### pid {pid}\n{done.stdout}{done.stderr}\n")
             if any(mark in done.stdout for mark in record_if):  # where its time goes, as collapsed lines
                 record = [spy, "record", "--pid", str(pid), "-d", "5", "-r", "200", "-f", "raw", "--nonblocking"]
-                record += ["-o", str(out.with_suffix(f".{pid}.collapsed.txt"))]
-                subprocess.run(record, capture_output=True, timeout=60)
+                subprocess.run(
+                    [*record, "-o", str(out.with_suffix(f".{pid}.collapsed.txt"))], capture_output=True, timeout=60
+                )
+                # then only the thread holding the interpreter lock: its share of samples is the lock's load
+                subprocess.run(
+                    [*record, "--gil", "-o", str(out.with_suffix(f".{pid}.gil.txt"))], capture_output=True, timeout=60
+                )
 
 
 def one(args: argparse.Namespace) -> dict[str, Any]:
