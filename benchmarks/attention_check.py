@@ -217,15 +217,9 @@ def main() -> None:
             "64,4,2,4,0,1",
             "128,4,1,4,1,0",
             "64,4,1,8,1,0",
-            "16,4,1,1,0,0,4",
-            "32,4,1,1,0,0,4",
-            "32,8,2,1,0,0,4",
-            "64,8,1,1,0,0,4",
-            "64,8,2,1,0,0,2",
-            "16,8,2,1,0,0,8",
         ],
         help="launch configurations to check and time: positions per iteration, warps, stages, splits, prefetch, "
-        "heads first, heads per program",
+        "heads first",
     )
     args = parser.parse_args()
     launches = [LaunchConfig.parse(spec) for spec in args.launch]

@@ -40,12 +40,15 @@ def test_a_launch_is_written_as_integers_in_field_order() -> None:
     assert LaunchConfig.parse(launch.spec()) == launch
     assert LaunchConfig.parse("") == DEFAULT_LAUNCH
     assert LaunchConfig.parse("32") == LaunchConfig(tokens=32)
-    assert DEFAULT_LAUNCH.spec() == "256,8,2,1,0,0,1"
-    assert LaunchConfig.parse("32,8,1,1,0,0,4").heads_per_program == 4
-    with pytest.raises(ValueError, match="at most 7 fields"):
-        LaunchConfig.parse("1,2,3,4,5,6,7,8")
-    with pytest.raises(ValueError, match="neither splits nor prefetch"):
-        LaunchConfig.parse("32,8,1,4,0,0,4")
-    with pytest.raises(ValidationError, match="neither splits nor prefetch"):  # refused with the settings
-        Settings(vllm_triton_attention_launch="32,8,1,4,0,0,4")
+    assert DEFAULT_LAUNCH.spec() == "256,8,2,1,0,0"
+    with pytest.raises(ValueError, match="at most 6 fields"):
+        LaunchConfig.parse("1,2,3,4,5,6,7")
+    with pytest.raises(ValueError, match="splits must be a power of 2, not 3"):
+        LaunchConfig.parse("32,8,1,3")
+    with pytest.raises(ValueError, match="tokens must be a power of 2, not 48"):
+        LaunchConfig.parse("48")
+    with pytest.raises(ValueError, match="at least one loop stage"):
+        LaunchConfig.parse("32,8,0")
+    with pytest.raises(ValidationError, match="splits must be a power of 2"):  # refused with the settings
+        Settings(vllm_triton_attention_launch="32,8,1,3")
     assert Settings(vllm_triton_attention_launch="32,8,2").vllm_triton_attention_launch == "32,8,2"

@@ -32,11 +32,9 @@ PATCHED_MARK = "_whisper_endpoint_attention"
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the kernel runs: positions scored per loop iteration, warps per program, loop stages in flight,
-    programs per query token and head (each over a part of the positions, then combined; a power of 2),
-    whether each iteration asks for the next positions' keys and values before working on its own, whether
-    the programs of one token's heads are launched next to each other (else those of one head's tokens), and
-    how many heads one program serves (a power of 2; above 1, neither splits nor prefetch: in an NHD cache a
-    position's heads are contiguous, so such a program reads longer runs of bytes)."""
+    programs per query token and head (each over a part of the positions, then combined), whether each
+    iteration asks for the next positions' keys and values before working on its own, and whether the
+    programs of one token's heads are launched next to each other (else those of one head's tokens)."""
 
     tokens: int = 256  # the fastest of 14 launches for large-v3's cross-attention on an H100 (docs/benchmarks.md)
     num_warps: int = 8
@@ -44,11 +42,14 @@ class LaunchConfig:
     splits: int = 1
     prefetch: bool = False
     heads_first: bool = False
-    heads_per_program: int = 1
 
     def __post_init__(self) -> None:
-        if self.heads_per_program > 1 and (self.splits > 1 or self.prefetch):
-            raise ValueError(f"several heads per program take neither splits nor prefetch: {self}")
+        for name in ("tokens", "num_warps", "splits"):  # Triton's ranges and warp counts are powers of 2
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"a launch's {name} must be a power of 2, not {value}: {self}")
+        if self.num_stages < 1:
+            raise ValueError(f"a launch needs at least one loop stage: {self}")
 
     @classmethod
     def parse(cls, spec: str) -> LaunchConfig:
@@ -68,10 +69,10 @@ BOOLEAN_FIELDS = ("prefetch", "heads_first")
 
 
 @cache
-def _kernels() -> tuple[Any, Any, Any]:
+def _kernels() -> tuple[Any, Any]:
     from whisper_endpoint.engines import vllm_attention_kernels as kernels
 
-    return kernels.attention_kernel, kernels.combine_kernel, kernels.grouped_attention_kernel
+    return kernels.attention_kernel, kernels.combine_kernel
 
 
 def paged_attention(
@@ -97,8 +98,7 @@ def paged_attention(
 
     tokens, heads, head_size = query.shape
     real = tokens if num_query_tokens is None else num_query_tokens
-    attend, combine, grouped = _kernels()
-    # what both kernels take, in their parameters' order
+    attend, combine = _kernels()
     tensors = (query, kv_cache, block_table, seq_lens, query_start, output)
     counts = (softmax_scale, real, query_start.shape[0] - 1)
     strides = (
@@ -116,10 +116,6 @@ def paged_attention(
         "SEARCH": SEARCH_STEPS,
         "num_warps": launch.num_warps,
     }
-    if launch.heads_per_program > 1:
-        group = launch.heads_per_program
-        grouped[(tokens, -(-heads // group))](*tensors, *scales, *counts, heads, *strides, HEADS=group, **shape)
-        return
     splits = launch.splits
     partial = output  # not read with one program per token and head
     if splits > 1:
