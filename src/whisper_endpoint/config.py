@@ -113,12 +113,6 @@ class Settings(BaseSettings):
         LaunchConfig.parse(spec)  # its ValueError becomes this setting's validation error, at start-up
         return spec
 
-    vllm_batch_suppress: bool = Field(
-        False,
-        description="Experimental: the suppressed tokens (the checkpoint's suppress_tokens) applied to the whole "
-        "batch by a logits processor of ours, instead of vLLM's logit_bias, which rebuilds every window's list "
-        "in Python whenever the batch changes (not yet measured on a GPU).",
-    )
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '

@@ -24,8 +24,6 @@ from whisper_endpoint.convert import convert
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import AlignInput, Alignment, Capabilities, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.engines.vllm_driver import EngineDriver
-from whisper_endpoint.engines.vllm_suppress import PROCESSOR as SUPPRESS_PROCESSOR
-from whisper_endpoint.engines.vllm_suppress import SUPPRESS_ARG, SUPPRESS_BIAS
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
 from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
 
@@ -35,6 +33,7 @@ MAX_MODEL_LEN = 448  # Whisper's decoder context
 MIN_CAPABILITY = (8, 0)  # bfloat16
 FP8_KV_MIN_CAPABILITY = (8, 9)  # float8 e4m3 KV cache (Ada, Hopper and newer)
 LANGUAGE_TOP_K = 20
+SUPPRESS_BIAS = -100.0  # added to a suppressed token's logit: never sampled, still finite
 ADMIT_EVERY_ENV = "WHISPER_VLLM_ADMIT_EVERY_STEPS"  # read by vllm_scheduler in vLLM's engine core
 BURST_SCHEDULER = "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
 BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows of 1,500 per step held back
@@ -105,7 +104,6 @@ def sampling_kwargs(
     forced_tokens: int | None = None,
     scores: bool = True,
     model_suppress: Sequence[int] = (),
-    batch_suppress: bool = False,
 ) -> dict[str, Any]:
     """SamplingParams arguments for one window: logprobs of the sampled tokens, and of the token after
     <|startoftranscript|> (prompt_logprobs) for the no-speech probability when asked for (vLLM computes
@@ -124,9 +122,7 @@ def sampling_kwargs(
     suppress = sorted({t for t in options.suppress_tokens if t >= 0})
     if -1 in options.suppress_tokens:
         suppress = sorted({*suppress, *model_suppress})
-    if suppress and batch_suppress:
-        kwargs["extra_args"] = {SUPPRESS_ARG: suppress}
-    elif suppress:
+    if suppress:
         kwargs["logit_bias"] = {t: SUPPRESS_BIAS for t in suppress}
     if forced_tokens is not None:  # speed runs with dummy weights: the window decodes exactly this many
         n = max(1, min(forced_tokens, max_tokens))
@@ -265,11 +261,7 @@ def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[
     if every > 1:  # room on an admitting step for the windows that finished on the steps held back
         args["scheduler_cls"] = BURST_SCHEDULER
         args["max_num_batched_tokens"] = max(BATCHED_TOKENS, every * BATCHED_TOKENS_PER_ADMITTING_STEP)
-    merged = {**args, **settings.vllm_engine_args}
-    if settings.vllm_batch_suppress:  # the user's own logits processors, and ours
-        processors = list(merged.get("logits_processors") or [])
-        merged["logits_processors"] = processors + [SUPPRESS_PROCESSOR] * (SUPPRESS_PROCESSOR not in processors)
-    return merged
+    return {**args, **settings.vllm_engine_args}
 
 
 def vllm_engine(settings: Settings) -> VllmEngine:
@@ -308,7 +300,6 @@ class VllmEngine:
         self.forced_tokens_per_30s = settings.forced_tokens_per_30s
         self.model_suppress = model_suppress_tokens(folder)
         self.scores = settings.vllm_scores
-        self.batch_suppress = settings.vllm_batch_suppress
         args = engine_args(folder, chosen, settings)
         os.environ[ADMIT_EVERY_ENV] = str(settings.vllm_admit_every_steps)  # for vLLM's engine core
         if settings.vllm_compile_encoder:
@@ -335,10 +326,7 @@ class VllmEngine:
         if options.beam_size > 1:
             raise UnsupportedFeatureError("the vllm engine has no beam search", param="beam_size")
         kwargs = [
-            sampling_kwargs(
-                options, len(w.prompt), self._forced(w), self.scores, self.model_suppress, self.batch_suppress
-            )
-            for w in windows
+            sampling_kwargs(options, len(w.prompt), self._forced(w), self.scores, self.model_suppress) for w in windows
         ]
         outputs = self._submit([engine_prompt(w) for w in windows], kwargs)
         generations = []
