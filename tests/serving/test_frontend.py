@@ -17,7 +17,8 @@ from whisper_endpoint.audio.chunking import iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
-from whisper_endpoint.errors import AudioDecodeError, ShuttingDownError
+from whisper_endpoint.errors import AudioDecodeError, EngineFailedError, ShuttingDownError
+from whisper_endpoint.serving import frontend
 from whisper_endpoint.serving.frontend import FrontEndProcesses, decode_and_chunk
 
 LONG = DATA / "C_longform" / "earnings22_1_4482311_3_62.flac"
@@ -48,6 +49,9 @@ def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2
             client = OpenAI(base_url=running.v1, api_key="unused", max_retries=0)
             service = running.server.config.app.state.service  # type: ignore[attr-defined]
             assert (service.front_end is not None) == (processes > 0)
+            if service.front_end:  # started with the server, loaded and waiting before the first upload
+                assert len(service.front_end._idle) == processes
+                assert all(w.process.is_alive() for w in service.front_end._idle)
             for path in files:
                 with path.open("rb") as f:
                     result = client.audio.transcriptions.create(
@@ -66,6 +70,19 @@ def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2
             thread.join(timeout=30)
     for path in files:
         assert texts[(2, path.name)] == texts[(0, path.name)], path.name
+
+
+def test_a_worker_that_cannot_start_is_a_503_not_a_bad_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    def dies_while_starting() -> None:
+        raise EOFError("the other end closed the connection")
+
+    monkeypatch.setattr(frontend, "_Worker", dies_while_starting)
+    pool = FrontEndProcesses(1)
+    with pytest.raises(EngineFailedError, match="could not start") as caught:
+        pool.chunk(AudioSource(JFK))
+    assert caught.value.status == 503
+    with pytest.raises(EngineFailedError):
+        pool.start()
 
 
 class _ExitsOnArrival:

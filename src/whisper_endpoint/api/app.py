@@ -150,6 +150,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         loaded: Engine = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
         await _warm_up(loaded)
         app.state.service = TranscriptionService(settings, loaded, metrics)
+        if app.state.service.front_end:
+            await asyncio.to_thread(app.state.service.front_end.start)
         app.state.model_id = loaded.model_name
         app.state.model_aliases = {
             loaded.model_name,

@@ -18,11 +18,12 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from whisper_endpoint.audio.chunking import AudioChunk
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.transcribe import RunInfo, local_speech_chunks
-from whisper_endpoint.errors import AudioDecodeError, ShuttingDownError
+from whisper_endpoint.errors import AudioDecodeError, EngineFailedError, ShuttingDownError
 from whisper_endpoint.ipc import MessageSocket, picklable, spawn_child
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def _work(conn: MessageSocket) -> None:
     from whisper_endpoint.audio.vad import _session
 
     _session()  # load the VAD model before the first upload arrives
+    conn.send(("ready", None))
     while True:
         try:
             source = conn.recv()
@@ -60,7 +62,13 @@ def _work(conn: MessageSocket) -> None:
 
 class _Worker:
     def __init__(self) -> None:
+        """A started worker, once it has loaded what it needs; EOFError or OSError if it died meanwhile."""
         self.conn, self.process = spawn_child(_work, (), "whisper-front-end", daemon=True)
+        try:
+            self.conn.recv()  # ("ready", None)
+        except BaseException:
+            self.stop()
+            raise
 
     def run(self, source: AudioSource) -> tuple[list[AudioChunk], int]:
         """The worker's answer; EOFError or OSError when the process died on the way."""
@@ -80,6 +88,13 @@ class _Worker:
         self.conn.close()
 
 
+def _new_worker() -> _Worker:
+    try:
+        return _Worker()
+    except (EOFError, OSError) as exc:  # not an upload's fault: none reached the worker
+        raise EngineFailedError("a front-end process could not start; the request can be retried") from exc
+
+
 class FrontEndProcesses:
     """Up to `workers` processes, started when first needed; a worker that dies is replaced."""
 
@@ -90,13 +105,22 @@ class FrontEndProcesses:
         self._idle: list[_Worker] = []
         self._closed = False
 
+    def start(self) -> None:
+        """Start every worker now, side by side, rather than when uploads first arrive: a burst of uploads
+        right after start-up would otherwise wait for processes to spawn and load the VAD model, one per
+        upload, while the engine waits for windows."""
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="front-end-start") as starting:
+            workers = list(starting.map(lambda _: _new_worker(), range(self.workers)))
+        for worker in workers:
+            self._give_back(worker)
+
     def _take(self) -> _Worker:
         with self._lock:
             if self._closed:
                 raise ShuttingDownError("the server is shutting down")
             if self._idle:
                 return self._idle.pop()
-        return _Worker()
+        return _new_worker()
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
