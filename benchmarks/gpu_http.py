@@ -200,12 +200,12 @@ def main() -> None:
     for system in args.system:
         rows += run_system(system, checkpoint, loads, args)
         (out / f"{name}.json").write_text(json.dumps(rows, indent=2))  # kept if a later system fails
-    header = ("corpus", "conc", "reqs", "err", "RTFx", "p50 s", "p95 s", "win/req", "GPU %", "system")
-    print("{:<7} {:>5} {:>5} {:>4} {:>7} {:>6} {:>6} {:>7} {:>5} {}".format(*header))
+    header = ("corpus", "conc", "reqs", "err", "RTFx", "steady", "p50 s", "p95 s", "win/req", "GPU %", "system")
+    print("{:<7} {:>5} {:>5} {:>4} {:>7} {:>7} {:>6} {:>6} {:>7} {:>5} {}".format(*header))
     for r in rows:
         print(
             f"{r['corpus']:<7} {r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>4} "
-            f"{r['rtfx'] or 0:>7.1f} {r['p50_s'] or 0:>6.2f} {r['p95_s'] or 0:>6.2f} "
+            f"{r['rtfx'] or 0:>7.1f} {r.get('steady_rtfx') or 0:>7.1f} {r['p50_s'] or 0:>6.2f} {r['p95_s'] or 0:>6.2f} "
             f"{r.get('windows_per_request') or 0:>7.2f} {r.get('gpu_busy_pct') or 0:>5.0f} {r['system']}"
         )
 

@@ -11,7 +11,7 @@ import numpy as np
 from tests.conftest import RunningServer
 from tests.datasets import DATA, clips
 from whisper_endpoint.audio.decode import AudioSource, load_audio
-from whisper_endpoint.bench import add_arguments
+from whisper_endpoint.bench import Result, add_arguments
 from whisper_endpoint.bench.corpus import durations_s, make_corpus
 
 
@@ -26,6 +26,17 @@ def test_made_corpus_is_unique_flac_of_the_asked_length(tmp_path: Path) -> None:
     # Real speech, barely changed by the dither: the same as the sources laid end to end.
     speech = np.concatenate([load_audio(AudioSource(s)) for s in sources])[:160_000]
     assert np.abs(audio[0] - speech).max() < 0.01
+
+
+def test_the_steady_rate_leaves_out_the_first_and_last_fifth_of_the_run() -> None:
+    run = Result("url", 4, audio_s=150.0, wall_s=10.0)
+    run.completions = [(1.0, 30.0), (3.0, 30.0), (5.0, 30.0), (7.9, 30.0), (9.0, 30.0)]
+    summary = run.summary()
+    assert summary["rtfx"] == 15.0  # 150 s of audio in 10 s
+    assert summary["steady_rtfx"] == 15.0  # 90 s completed between 2 s and 8 s
+    run.completions = [(1.0, 30.0), (3.0, 60.0), (8.5, 60.0)]
+    assert run.steady_rtfx() == 10.0  # only the one at 3 s counts: 60 s of audio in 6 s
+    assert Result("url", 1, wall_s=10.0).steady_rtfx() is None
 
 
 def test_bench_runs_the_same_load_against_a_peer_and_scores_it(server: RunningServer, tmp_path: Path) -> None:

@@ -19,6 +19,10 @@ from typing import Any
 
 from whisper_endpoint.bench.corpus import corpus, durations_s, references
 
+# The part of a run whose completions give the steady-state rate: a fixed number of requests from a
+# fixed number of clients starts with the server filling its batch and ends with it draining.
+STEADY_FROM, STEADY_TO = 0.2, 0.8
+
 
 @dataclass
 class Result:
@@ -29,6 +33,7 @@ class Result:
     audio_s: float = 0.0
     wall_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    completions: list[tuple[float, float]] = field(default_factory=list)  # (s since the start, audio s)
     first_event_s: list[float] = field(default_factory=list)  # streaming: time to the first event
     server_peak_rss_mib: float | None = None
     gpu_memory_mib: float | None = None
@@ -52,6 +57,7 @@ class Result:
             "audio_s": round(self.audio_s, 1),
             "wall_s": round(self.wall_s, 2),
             "rtfx": round(self.audio_s / self.wall_s, 2) if self.wall_s else None,
+            "steady_rtfx": self.steady_rtfx(),
             "requests_per_s": round(len(lat) / self.wall_s, 2) if self.wall_s else None,
             "p50_s": pct(0.5),
             "p95_s": pct(0.95),
@@ -63,6 +69,13 @@ class Result:
             "gpu_memory_mib": self.gpu_memory_mib,
             "wer_pct": self.wer_pct,
         }
+
+    def steady_rtfx(self) -> float | None:
+        """Audio of the requests completed between STEADY_FROM and STEADY_TO of the wall time, per second
+        of that span: the rate without the batch's filling and draining (None for too short a run)."""
+        start, end = STEADY_FROM * self.wall_s, STEADY_TO * self.wall_s
+        audio = sum(seconds for at, seconds in self.completions if start <= at < end)
+        return round(audio / (end - start), 2) if audio and end > start else None
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, path: str = "/ready") -> float:
@@ -180,6 +193,7 @@ async def run_load(url: str, load: Load) -> Result:
             try:
                 if await post(client, name, data, form):
                     result.audio_s += seconds
+                    result.completions.append((time.monotonic() - started, seconds))
             except httpx.HTTPError as exc:
                 count_error(type(exc).__name__)
 
