@@ -9,6 +9,7 @@ threads busy in Python, every read waits for the GIL again (up to the 5 ms switc
 messages from a child process into this one with 0, 1 or 4 threads spinning in Python here, with the
 default pipe buffer, with a 1 MB one (Linux's F_SETPIPE_SZ, up to /proc/sys/fs/pipe-max-size), and
 through the server's own transport (whisper_endpoint.ipc: a Unix socket read in one call per message).
+`--switch-intervals-ms 5 1 0.5` adds socket rows with Python's thread switch interval set to each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from datetime import date
@@ -81,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100, help="windows per row")
     parser.add_argument("--out", default=".")
+    parser.add_argument("--switch-intervals-ms", type=float, nargs="*", default=[], help="socket rows at each")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     for transport in ("pipe 64 KB", "pipe 1 MB", "socket"):
@@ -88,18 +91,31 @@ def main() -> None:
             rate = messages_per_s(busy, transport, args.count)
             rows.append({"transport": transport, "busy_threads": busy, "windows_per_s": round(rate, 1)})
             print(json.dumps(rows[-1]), flush=True)
+    default_interval = sys.getswitchinterval()
+    for interval_ms in args.switch_intervals_ms:
+        sys.setswitchinterval(interval_ms / 1000)
+        for busy in (1, 4):
+            rate = messages_per_s(busy, "socket", args.count)
+            row = {"transport": "socket", "busy_threads": busy, "switch_interval_ms": interval_ms}
+            rows.append({**row, "windows_per_s": round(rate, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    sys.setswitchinterval(default_interval)
+    command = f"python -m benchmarks.pipe_convoy --out <dir> --count {args.count}"
+    if args.switch_intervals_ms:
+        command += " --switch-intervals-ms " + " ".join(map(str, args.switch_intervals_ms))
     result = {
         "date": date.today().isoformat(),
         "cores": os.cpu_count(),
-        "command": "python -m benchmarks.pipe_convoy --out <dir>",
+        "command": command,
         "rows": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipe-convoy.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("transport | busy threads | 30 s windows/s")
+    print("transport | busy threads | switch interval ms | 30 s windows/s")
     for row in rows:
-        print(row["transport"], row["busy_threads"], row["windows_per_s"], sep=" | ")
+        interval = row.get("switch_interval_ms", default_interval * 1000)
+        print(row["transport"], row["busy_threads"], interval, row["windows_per_s"], sep=" | ")
 
 
 if __name__ == "__main__":
