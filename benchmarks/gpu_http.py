@@ -137,6 +137,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                     language="en",
                     response_format="json",
                     tokens_per_30s=TOKENS_PER_30S if is_vllm_serve(system) else None,
+                    ramp_s=args.ramp_s,
                 )
                 cpu_before, started = process_cpu_s(proc.pid), time.monotonic()
                 dumps = Path(args.out) / f"py-spy-{name}-{level}.txt"
@@ -184,6 +185,7 @@ def main() -> None:
     parser.add_argument("--long-count", type=int, default=1024)
     parser.add_argument("--short-count", type=int, default=2048)
     parser.add_argument("--requests-per-level", type=int)
+    parser.add_argument("--ramp-s", type=float, default=0.0, help="start the clients evenly over this many seconds")
     parser.add_argument("--profile", action="store_true", help="server thread stacks; py-spy of engines")
     parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
     parser.add_argument("--out", default=".")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import numpy as np
 from tests.conftest import RunningServer
 from tests.datasets import DATA, clips
 from whisper_endpoint.audio.decode import AudioSource, load_audio
-from whisper_endpoint.bench import Result, add_arguments
+from whisper_endpoint.bench import Load, Result, add_arguments, run_load
 from whisper_endpoint.bench.corpus import durations_s, make_corpus
 
 
@@ -37,6 +41,38 @@ def test_the_steady_rate_leaves_out_the_first_and_last_fifth_of_the_run() -> Non
     run.completions = [(1.0, 30.0), (3.0, 60.0), (8.5, 60.0)]
     assert run.steady_rtfx() == 10.0  # only the one at 3 s counts: 60 s of audio in 6 s
     assert Result("url", 1, wall_s=10.0).steady_rtfx() is None
+
+
+def test_a_ramp_starts_the_clients_one_after_another() -> None:
+    arrivals: list[float] = []
+
+    class SlowServer(BaseHTTPRequestHandler):  # answers every upload after 2 s: no engine needed to time arrivals
+        def do_POST(self) -> None:
+            arrivals.append(time.monotonic())
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(2.0)
+            body = json.dumps({"text": "ok"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        load = Load([clips("B_librispeech/test-clean")[0].path], concurrency=4, requests=4, ramp_s=2.0)
+        started = time.monotonic()
+        result = asyncio.run(run_load(f"http://127.0.0.1:{server.server_port}/v1/audio/transcriptions", load))
+    finally:
+        server.shutdown()
+    assert result.requests == 4 and not result.errors
+    # client k waits k * 0.5 s; no client sends twice before 2 s, when its first answer comes
+    offsets = sorted(t - started for t in arrivals)
+    assert all(offset >= 0.5 * k for k, offset in enumerate(offsets)), offsets
 
 
 def test_bench_runs_the_same_load_against_a_peer_and_scores_it(server: RunningServer, tmp_path: Path) -> None:

@@ -110,7 +110,9 @@ def peak_rss_mib(pid: int) -> float | None:
 class Load:
     """What the load generator sends: `concurrency` clients posting `files` in turn, `requests` in all
     (default: the files once) or for `duration_s`. `tokens_per_30s` sends max_completion_tokens in
-    proportion to each file's length (for servers decoding dummy weights to a fixed length)."""
+    proportion to each file's length (for servers decoding dummy weights to a fixed length). `ramp_s`
+    spreads the clients' first requests evenly over that many seconds: clients that start together, sending
+    files of one length, come back together and keep a batching server's batch filling and draining in waves."""
 
     files: Sequence[Path]
     concurrency: int
@@ -123,6 +125,7 @@ class Load:
     response_format: str = "verbose_json"
     stream: bool = False
     tokens_per_30s: int | None = None
+    ramp_s: float = 0.0
 
 
 async def run_load(url: str, load: Load) -> Result:
@@ -199,14 +202,15 @@ async def run_load(url: str, load: Load) -> Result:
 
     tls = ssl.create_default_context()  # once: each client would load the CA certificates again
 
-    async def one_client() -> None:
+    async def one_client(index: int) -> None:
+        await asyncio.sleep(load.ramp_s * index / load.concurrency)
         # A client of its own per connection: httpx's pool costs time in proportion to its connections
         # on every request, which capped one shared pool of 512 at about 80 uploads a second.
         limits = httpx.Limits(max_connections=1)
         async with httpx.AsyncClient(timeout=load.timeout_s, limits=limits, verify=tls) as client:
             await client_loop(client)
 
-    await asyncio.gather(*(one_client() for _ in range(load.concurrency)))
+    await asyncio.gather(*(one_client(i) for i in range(load.concurrency)))
     result.wall_s = time.monotonic() - started
     return result
 
@@ -259,6 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-format", default="json")
     parser.add_argument("--stream", action="store_true", help="stream=true: also time the first event")
     parser.add_argument("--tokens-per-30s", type=int, help="send max_completion_tokens in proportion to length")
+    parser.add_argument("--ramp-s", type=float, default=0.0, help="start the clients evenly over this many seconds")
     parser.add_argument("--api-key")
     parser.add_argument("--server-pid", type=int, help="report this process's peak RSS")
     parser.add_argument("--output", help="write the JSON results here")
@@ -284,6 +289,7 @@ def main(args: argparse.Namespace) -> int:
                 response_format=args.response_format,
                 stream=args.stream,
                 tokens_per_30s=args.tokens_per_30s,
+                ramp_s=args.ramp_s,
             )
             result = asyncio.run(run_load(url, load))
             result.system = system
