@@ -47,6 +47,14 @@ def tree_peak_rss_mib(pid: int) -> float:
     return round(sum(peak_rss_mib(p) or 0.0 for p in pids), 1)
 
 
+DRIVER_REPORT = "vLLM engine: "  # the engine driver's 10 s reports in our server's log
+
+
+def driver_reports(log_text: str) -> list[str]:
+    """The engine driver's reports (windows per step, windows added and finished, steps a second) in a log."""
+    return [line.split(DRIVER_REPORT, 1)[1].strip() for line in log_text.splitlines() if "windows per step" in line]
+
+
 def windows_decoded(url: str) -> float | None:
     """Windows our server has handed to its engine so far (the sum of its batch-size histogram)."""
     import httpx
@@ -116,12 +124,8 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
     from whisper_endpoint.bench import Load, gpu_memory_used_mib, run_load
 
     url = f"http://127.0.0.1:{PORT}"
-    proc = start(
-        system,
-        checkpoint,
-        Path(args.out) / f"{file_label(system)}.log",
-        args.profile,
-    )
+    log = Path(args.out) / f"{file_label(system)}.log"
+    proc = start(system, checkpoint, log, args.profile)
     rows = []
     try:
         ready_s = wait_ready(url, proc, 900, "/health" if is_vllm_serve(system) else "/ready")
@@ -139,6 +143,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                     tokens_per_30s=TOKENS_PER_30S if is_vllm_serve(system) else None,
                     ramp_s=args.ramp_s,
                 )
+                log_before = log.stat().st_size
                 cpu_before, started = process_cpu_s(proc.pid), time.monotonic()
                 dumps = Path(args.out) / f"py-spy-{name}-{level}.txt"
                 marks = {"record_if": ("EngineCore", "_drive")}  # vLLM's engine core and our engine process
@@ -156,6 +161,9 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 result.server_peak_rss_mib = tree_peak_rss_mib(proc.pid)
                 row = {**result.summary(), "corpus": name, "server_start_s": round(ready_s, 1)}
                 row.update(gpu_busy_pct=gpu.mean_pct, cores_by_process=cpu)
+                with log.open("rb") as f:  # the reports written during this load
+                    f.seek(log_before)
+                    row["driver_reports"] = driver_reports(f.read().decode(errors="replace"))
                 if windows_before is not None and (windows_after := windows_decoded(url)) is not None:
                     row["windows_per_request"] = round((windows_after - windows_before) / requests, 3)
                 rows.append(row)

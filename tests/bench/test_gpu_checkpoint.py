@@ -1,5 +1,6 @@
-"""The large-v3-shaped benchmark checkpoint: made once, and with --real-suppress listing large-v3's suppressed
-tokens (whisper-base's list, special tokens moved up one), which the engine then reads as the model's own."""
+"""The GPU benchmarks' CPU-testable parts: the large-v3-shaped checkpoint, made once, and with --real-suppress
+listing large-v3's suppressed tokens (whisper-base's list, special tokens moved up one), which the engine then
+reads as the model's own; the engine driver's reports read back from a server log."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 from benchmarks.gpu_check import large_v3_shape
+from benchmarks.gpu_http import driver_reports
 
 from whisper_endpoint.engines.vllm import model_suppress_tokens
 
@@ -31,3 +33,15 @@ def test_the_checkpoint_lists_large_v3s_suppressed_tokens_only_when_asked(tmp_pa
     assert json.loads((real / "config.json").read_text())["vocab_size"] == 51866  # the rest kept
     script.write_text("raise SystemExit(1)")  # made once: not run again
     assert large_v3_shape(str(tmp_path / "work"), str(script), str(base), suppress=True) == real
+
+
+def test_the_driver_reports_are_read_back_from_the_servers_log() -> None:
+    from whisper_endpoint.engines.vllm_driver import DriverStats
+
+    report = DriverStats(added=50, finished=40, steps=100, running_sum=30_000, step_s=2.5).line(10.0)
+    line = f"2026-11-27 06:59:37,193 INFO whisper_endpoint.engines.vllm_driver: {report}"
+    log = f"INFO engine started\n{line}\nINFO vLLM engine: loaded the model\n{line}\n"
+    expected = (
+        "300 windows per step on average, 5.0 added and 4.0 finished per second, 10 steps per second (25.0 ms in each)"
+    )
+    assert driver_reports(log) == [expected] * 2
