@@ -96,7 +96,8 @@ def _new_worker() -> _Worker:
 
 
 class FrontEndProcesses:
-    """Up to `workers` processes, started when first needed; a worker that dies is replaced."""
+    """Up to `workers` processes, started together by `start` (else each when first needed); a worker that dies
+    is replaced."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
