@@ -128,39 +128,27 @@ def attention_kernel(  # type: ignore[no-untyped-def]
     for start in tl.range(first, end, TOKENS, num_stages=STAGES):
         position = start + positions
         valid = position < end
-        if PREFETCH:  # ask for the next positions before working on these, so their wait overlaps this work
+        # with PREFETCH, ask for the next positions before working on these, so their wait overlaps this work
+        k_loaded, v_loaded = load_rows(
+            kv_cache,
+            block_table,
+            seq,
+            bt_stride,
+            head,
+            kv_stride_block,
+            kv_stride_head,
+            kv_stride_position,
+            position + TOKENS if PREFETCH else position,
+            end,
+            dims,
+            HEAD_SIZE,
+            BLOCK_SIZE,
+        )
+        if PREFETCH:
             k_raw, v_raw = k_next, v_next
-            k_next, v_next = load_rows(
-                kv_cache,
-                block_table,
-                seq,
-                bt_stride,
-                head,
-                kv_stride_block,
-                kv_stride_head,
-                kv_stride_position,
-                position + TOKENS,
-                end,
-                dims,
-                HEAD_SIZE,
-                BLOCK_SIZE,
-            )
+            k_next, v_next = k_loaded, v_loaded
         else:
-            k_raw, v_raw = load_rows(
-                kv_cache,
-                block_table,
-                seq,
-                bt_stride,
-                head,
-                kv_stride_block,
-                kv_stride_head,
-                kv_stride_position,
-                position,
-                end,
-                dims,
-                HEAD_SIZE,
-                BLOCK_SIZE,
-            )
+            k_raw, v_raw = k_loaded, v_loaded
         k = k_raw.to(tl.float32)
         scores = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=0))
