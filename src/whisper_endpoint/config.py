@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         False,
         description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",
     )
+    vllm_compiled_start_steps: bool = Field(
+        False,
+        description="Experimental: steps that start windows write the new windows' cross-attention cache first and "
+        "run vLLM's compiled decoder (vLLM runs those steps' decoder eagerly).",
+    )
     vllm_triton_attention: bool = Field(
         True,
         description="With an fp8 e4m3 KV cache, the decoder's attention runs on a Triton kernel of ours that keeps "

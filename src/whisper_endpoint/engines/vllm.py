@@ -306,6 +306,10 @@ class VllmEngine:
             from whisper_endpoint.engines.vllm_encoder import compile_encoder_layers
 
             compile_encoder_layers()
+        if settings.vllm_compiled_start_steps:
+            from whisper_endpoint.engines.vllm_decoder import compile_start_steps
+
+            compile_start_steps()
         if chosen.triton_attention:
             from whisper_endpoint.engines.vllm_attention import LaunchConfig, patch_flash_attention
 
