@@ -62,8 +62,8 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     model = convert(Path(args.ct2_model), Path(args.work) / "base")
     _log(f"converted to {model}")
+    jfk = Path(args.data) / "A_short_en" / "jfk_openai-whisper.flac"
     if not args.no_transformers:  # the conversion's check: transformers reads the same JFK text from it
-        jfk = Path(args.data) / "A_short_en" / "jfk_openai-whisper.flac"
         check = subprocess.run(
             [sys.executable, "-m", "benchmarks.gpu_check", "transformers", "--model", str(model), "--audio", str(jfk)],
             capture_output=True,
