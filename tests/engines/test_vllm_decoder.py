@@ -91,7 +91,10 @@ def metadata_for(slots: dict[int, Any]) -> dict[str, Any]:
     return {f"decoder.layers.{i}.encoder_attn.attn": SimpleNamespace(slot_mapping=s) for i, s in slots.items()}
 
 
-def test_a_step_starting_windows_writes_their_cache_then_runs_the_compiled_decoder() -> None:
+def test_a_step_starting_windows_writes_their_cache_then_runs_the_compiled_decoder(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="whisper_endpoint.engines.vllm_decoder")
     impl = Impl()
     model, decoder_calls = model_with_decoder(impl)
     context = SimpleNamespace(attn_metadata=metadata_for({0: "slots0", 1: "slots1"}), skip_compiled=True)
@@ -110,6 +113,8 @@ def test_a_step_starting_windows_writes_their_cache_then_runs_the_compiled_decod
     _, key, value, _, _ = impl.writes[1]  # layer 1 projects by 2: keys and values of all three encoder rows
     assert key.rows == value.rows == [[2, 4], [6, 8], [10, 12]]
     assert key.shape == value.shape == (-1, 1, 2)  # [positions, heads, head size], as vLLM's cache update reads
+    forward(model, "ids", "positions", two_windows)
+    assert [r.getMessage() for r in caplog.records] == ["a step starting windows ran compiled"]  # once, not per step
 
 
 def test_decode_steps_and_steps_without_slots_keep_vllms_forward() -> None:

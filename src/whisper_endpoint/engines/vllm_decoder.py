@@ -62,12 +62,18 @@ def compiled_start_steps_forward(
     """A WhisperModel.forward that writes new windows' cross-attention cache first and runs the compiled decoder;
     vLLM's own `eager_forward` where it cannot."""
 
+    logged: set[bool] = set()  # which way a step starting windows went, logged once each (in vLLM's engine core)
+
     def forward(self: Any, input_ids: Any, positions: Any, encoder_outputs: Sequence[Any]) -> Any:
         if not encoder_outputs:
             return eager_forward(self, input_ids, positions, encoder_outputs)
         context = get_forward_context()
         layers = self.decoder.layers
-        if not can_write_first(layers, context.attn_metadata):
+        compiled = can_write_first(layers, context.attn_metadata)
+        if compiled not in logged:
+            logged.add(compiled)
+            log.info("a step starting windows ran %s", "compiled" if compiled else "eagerly (no cross-attention slots)")
+        if not compiled:
             return eager_forward(self, input_ids, positions, encoder_outputs)
         write_cross_attention_cache(layers, cat(list(encoder_outputs), dim=0), context.attn_metadata)
         context.skip_compiled = False  # the decoder's graph now matches a decode step's: no encoder states
