@@ -1,10 +1,11 @@
-"""Steps that start new windows through vLLM's compiled decoder (an option, off until measured).
+"""Steps that start new windows through vLLM's compiled decoder (an option, off: measured faster on the engine
+alone only, docs/benchmarks.md).
 
 vLLM 0.26 runs Whisper's whole decoder eagerly, layer by layer from Python, on any step that encodes new audio
 (`skip_compiled`): on such a step the decoder's cross-attention projects the new windows' encoder output to keys
 and values, which the decode steps' compiled graph never does. Under a steady stream of requests a few windows
 start on nearly every step, so hundreds of decoding windows ran eagerly with them (through HTTP, 62 % of the
-engine core's samples were that Python; docs/benchmarks.md).
+engine core's samples were the model's eager Python, this decoder and the encoder).
 
 Here such a step first projects the new windows' cross-attention keys and values and writes them to the KV
 cache, layer by layer (a GEMM and a cache write each), with the slots vLLM computed for that step; then the
