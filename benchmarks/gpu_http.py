@@ -48,11 +48,18 @@ def tree_peak_rss_mib(pid: int) -> float:
 
 
 DRIVER_REPORT = "vLLM engine: "  # the engine driver's 10 s reports in our server's log
+START_STEP_REPORT = "a step starting windows ran "  # engines/vllm_decoder.py
 
 
 def driver_reports(log_text: str) -> list[str]:
     """The engine driver's reports (windows per step, windows added and finished, steps a second) in a log."""
     return [line.split(DRIVER_REPORT, 1)[1].strip() for line in log_text.splitlines() if "windows per step" in line]
+
+
+def start_step_paths(log_text: str) -> list[str]:
+    """How steps that start windows ran with WHISPER_VLLM_COMPILED_START_STEPS (logged once per way, in vLLM's
+    engine core): "compiled", or eagerly with the reason."""
+    return [line.split(START_STEP_REPORT, 1)[1].strip() for line in log_text.splitlines() if START_STEP_REPORT in line]
 
 
 def windows_decoded(url: str) -> float | None:
@@ -164,6 +171,8 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 with log.open("rb") as f:  # the reports written during this load
                     f.seek(log_before)
                     row["driver_reports"] = driver_reports(f.read().decode(errors="replace"))
+                if paths := start_step_paths(log.read_text(errors="replace")):  # from the start, warm-up included
+                    row["start_steps_ran"] = paths
                 if windows_before is not None and (windows_after := windows_decoded(url)) is not None:
                     row["windows_per_request"] = round((windows_after - windows_before) / requests, 3)
                 rows.append(row)

@@ -1,14 +1,17 @@
 """The GPU benchmarks' CPU-testable parts: the large-v3-shaped checkpoint, made once, and with --real-suppress
 listing large-v3's suppressed tokens (whisper-base's list, special tokens moved up one), which the engine then
-reads as the model's own; the engine driver's reports read back from a server log."""
+reads as the model's own; the engine driver's reports, and how steps that start windows ran, read back from a
+server log."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from benchmarks.gpu_check import large_v3_shape
-from benchmarks.gpu_http import driver_reports
+from benchmarks.gpu_http import driver_reports, start_step_paths
 
 from whisper_endpoint.engines.vllm import model_suppress_tokens
 
@@ -45,3 +48,15 @@ def test_the_driver_reports_are_read_back_from_the_servers_log() -> None:
         "300 windows per step on average, 5.0 added and 4.0 finished per second, 10 steps per second (25.0 ms in each)"
     )
     assert driver_reports(log) == [expected] * 2
+
+
+def test_how_steps_that_start_windows_ran_is_read_back_from_the_servers_log(caplog: pytest.LogCaptureFixture) -> None:
+    from whisper_endpoint.engines.vllm_decoder import compiled_start_steps_forward
+
+    caplog.set_level("INFO", logger="whisper_endpoint.engines.vllm_decoder")
+    no_slots = SimpleNamespace(attn_metadata=None)
+    forward = compiled_start_steps_forward(lambda *args: "eager", lambda: no_slots, lambda parts, dim: parts)
+    model = SimpleNamespace(decoder=SimpleNamespace(layers=[]))
+    forward(model, "ids", "positions", ["encoder output"])
+    log = "\n".join(f"2026-11-27 08:30:02,001 INFO {r.name}: {r.getMessage()}" for r in caplog.records)
+    assert start_step_paths(f"INFO engine started\n{log}\n") == ["eagerly (no cross-attention slots)"]
