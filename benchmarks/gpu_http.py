@@ -51,15 +51,20 @@ DRIVER_REPORT = "vLLM engine: "  # the engine driver's 10 s reports in our serve
 START_STEP_REPORT = "a step starting windows ran "  # engines/vllm_decoder.py
 
 
+def _after(marker: str, log_text: str, having: str) -> list[str]:
+    """What follows `marker` on each line of a log that holds `having`."""
+    return [line.split(marker, 1)[1].strip() for line in log_text.splitlines() if having in line]
+
+
 def driver_reports(log_text: str) -> list[str]:
     """The engine driver's reports (windows per step, windows added and finished, steps a second) in a log."""
-    return [line.split(DRIVER_REPORT, 1)[1].strip() for line in log_text.splitlines() if "windows per step" in line]
+    return _after(DRIVER_REPORT, log_text, having="windows per step")
 
 
 def start_step_paths(log_text: str) -> list[str]:
     """How steps that start windows ran with WHISPER_VLLM_COMPILED_START_STEPS (logged once per way, in vLLM's
     engine core): "compiled", or eagerly with the reason."""
-    return [line.split(START_STEP_REPORT, 1)[1].strip() for line in log_text.splitlines() if START_STEP_REPORT in line]
+    return _after(START_STEP_REPORT, log_text, having=START_STEP_REPORT)
 
 
 def windows_decoded(url: str) -> float | None:
@@ -168,10 +173,9 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 result.server_peak_rss_mib = tree_peak_rss_mib(proc.pid)
                 row = {**result.summary(), "corpus": name, "server_start_s": round(ready_s, 1)}
                 row.update(gpu_busy_pct=gpu.mean_pct, cores_by_process=cpu)
-                with log.open("rb") as f:  # the reports written during this load
-                    f.seek(log_before)
-                    row["driver_reports"] = driver_reports(f.read().decode(errors="replace"))
-                if paths := start_step_paths(log.read_text(errors="replace")):  # from the start, warm-up included
+                logged = log.read_bytes()
+                row["driver_reports"] = driver_reports(logged[log_before:].decode(errors="replace"))  # this load's
+                if paths := start_step_paths(logged.decode(errors="replace")):  # from the start, warm-up included
                     row["start_steps_ran"] = paths
                 if windows_before is not None and (windows_after := windows_decoded(url)) is not None:
                     row["windows_per_request"] = round((windows_after - windows_before) / requests, 3)
