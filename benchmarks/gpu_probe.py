@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from benchmarks import gpu_trace
 from benchmarks.gpu_check import add_checkpoint_arguments, large_v3_shape, noise_window
@@ -51,6 +51,16 @@ def find_py_spy() -> str | None:
     return shutil.which("py-spy") or next((str(c) for c in candidates if c.is_file()), None)
 
 
+def run_noting_timeout(cmd: list[str], timeout_s: float, notes: TextIO) -> subprocess.CompletedProcess[str] | None:
+    """`cmd`'s result, or None with a line in `notes` where it ran past `timeout_s` (a py-spy record of a
+    process with hundreds of threads can), so one slow record does not end the others."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        notes.write(f"### timed out after {timeout_s:.0f} s: {' '.join(cmd)}\n")
+        return None
+
+
 def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> None:
     """One `py-spy dump` of each process under this one, when py-spy is there, and 5 s of sampled stacks
     of those whose dump shows one of `record_if`, then 5 s of the thread holding the GIL alone."""
@@ -59,17 +69,15 @@ def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> Non
         return
     with out.open("w") as f:
         for pid in descendants(os.getpid())[1:]:
-            done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+            done = run_noting_timeout([spy, "dump", "--pid", str(pid)], 30, f)
+            if done is None:
+                continue
             f.write(f"### pid {pid}\n{done.stdout}{done.stderr}\n")
             if any(mark in done.stdout for mark in record_if):  # where its time goes, as collapsed lines
                 record = [spy, "record", "--pid", str(pid), "-d", "5", "-r", "200", "-f", "raw", "--nonblocking"]
-                subprocess.run(
-                    [*record, "-o", str(out.with_suffix(f".{pid}.collapsed.txt"))], capture_output=True, timeout=60
-                )
+                run_noting_timeout([*record, "-o", str(out.with_suffix(f".{pid}.collapsed.txt"))], 60, f)
                 # then only the thread holding the interpreter lock: its share of samples is the lock's load
-                subprocess.run(
-                    [*record, "--gil", "-o", str(out.with_suffix(f".{pid}.gil.txt"))], capture_output=True, timeout=60
-                )
+                run_noting_timeout([*record, "--gil", "-o", str(out.with_suffix(f".{pid}.gil.txt"))], 60, f)
 
 
 def one(args: argparse.Namespace) -> dict[str, Any]:

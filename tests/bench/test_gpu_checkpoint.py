@@ -1,7 +1,7 @@
 """The GPU benchmarks' CPU-testable parts: the large-v3-shaped checkpoint, made once, and with --real-suppress
 listing large-v3's suppressed tokens (whisper-base's list, special tokens moved up one), which the engine then
 reads as the model's own; the engine driver's reports, and how steps that start windows ran, read back from a
-server log."""
+server log; a profiling command that runs too long is noted, not fatal to the rest."""
 
 from __future__ import annotations
 
@@ -60,3 +60,17 @@ def test_how_steps_that_start_windows_ran_is_read_back_from_the_servers_log(capl
     forward(model, "ids", "positions", ["encoder output"])
     log = "\n".join(f"2026-11-27 08:30:02,001 INFO {r.name}: {r.getMessage()}" for r in caplog.records)
     assert start_step_paths(f"INFO engine started\n{log}\n") == ["eagerly (no cross-attention slots)"]
+
+
+def test_a_profiling_command_that_runs_too_long_is_noted_and_the_next_one_still_runs() -> None:
+    import io
+    import sys
+
+    from benchmarks.gpu_probe import run_noting_timeout
+
+    notes = io.StringIO()
+    slow = [sys.executable, "-c", "import time; time.sleep(30)"]
+    assert run_noting_timeout(slow, 0.5, notes) is None
+    assert notes.getvalue().startswith("### timed out after 0 s: ") and "time.sleep(30)" in notes.getvalue()
+    done = run_noting_timeout([sys.executable, "-c", "print('stacks')"], 30, notes)
+    assert done is not None and done.stdout == "stacks\n"
