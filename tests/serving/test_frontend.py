@@ -1,5 +1,6 @@
 """Front-end worker processes: the same chunks and the same transcripts as in-thread decoding, errors
-that cross the process boundary intact, and workers that die replaced."""
+that cross the process boundary intact, workers that die replaced, and the started ones stopped when one
+cannot start."""
 
 from __future__ import annotations
 
@@ -83,6 +84,26 @@ def test_a_worker_that_cannot_start_is_a_503_not_a_bad_upload(monkeypatch: pytes
     assert caught.value.status == 503
     with pytest.raises(EngineFailedError):
         pool.start()
+
+
+def test_when_one_worker_cannot_start_the_others_are_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[frontend._Worker] = []
+    calls = iter(range(3))
+    real_worker = frontend._Worker
+
+    def second_dies_while_starting() -> frontend._Worker:
+        if next(calls) == 1:
+            raise EOFError("the other end closed the connection")
+        started.append(real_worker())
+        return started[-1]
+
+    monkeypatch.setattr(frontend, "_Worker", second_dies_while_starting)
+    pool = FrontEndProcesses(3)
+    with pytest.raises(EngineFailedError, match="could not start"):
+        pool.start()
+    assert len(started) == 2
+    assert not any(worker.process.is_alive() for worker in started)
+    assert not pool._idle
 
 
 class _ExitsOnArrival:

@@ -111,8 +111,14 @@ class FrontEndProcesses:
         right after start-up would otherwise wait for processes to spawn and load the VAD model, one per
         upload, while the engine waits for windows."""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="front-end-start") as starting:
-            workers = list(starting.map(lambda _: _new_worker(), range(self.workers)))
-        for worker in workers:
+            futures = [starting.submit(_new_worker) for _ in range(self.workers)]
+        failures = [error for future in futures if (error := future.exception()) is not None]
+        started = [future.result() for future in futures if future.exception() is None]
+        if failures:  # the server will not start: stop the workers that did rather than leave them to exit
+            for worker in started:
+                worker.stop()
+            raise failures[0]
+        for worker in started:
             self._give_back(worker)
 
     def _take(self) -> _Worker:
