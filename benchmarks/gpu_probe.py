@@ -69,7 +69,8 @@ def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> Non
         return
     with out.open("w") as f:
         for pid in descendants(os.getpid())[1:]:
-            done = run_noting_timeout([spy, "dump", "--pid", str(pid)], 30, f)
+            # --nonblocking: a dump that pauses a process with a thread per window in flight stalls the load
+            done = run_noting_timeout([spy, "dump", "--nonblocking", "--pid", str(pid)], 30, f)
             if done is None:
                 continue
             f.write(f"### pid {pid}\n{done.stdout}{done.stderr}\n")
