@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         "",
         pattern=r"^[0-9, ]*$",
         description="Tuning: that kernel's launch as comma-separated integers: positions per iteration, "
-        "warps, loop stages, splits, prefetch (0/1), heads first (0/1); empty: the kernel's "
+        "warps, loop stages, splits, prefetch (0/1), heads first (0/1), lanes (0/1); empty: the kernel's "
         "default.",
     )
 

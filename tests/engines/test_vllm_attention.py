@@ -35,14 +35,21 @@ def test_without_vllm_nothing_is_patched(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_a_launch_is_written_as_integers_in_field_order() -> None:
-    launch = LaunchConfig.parse("128,8,2,4,1,1")
-    assert launch == LaunchConfig(tokens=128, num_warps=8, num_stages=2, splits=4, prefetch=True, heads_first=True)
+    launch = LaunchConfig.parse("128,8,2,4,1,1,0")
+    assert launch == LaunchConfig(
+        tokens=128, num_warps=8, num_stages=2, splits=4, prefetch=True, heads_first=True, lanes=False
+    )
     assert LaunchConfig.parse(launch.spec()) == launch
     assert LaunchConfig.parse("") == DEFAULT_LAUNCH
     assert LaunchConfig.parse("32") == LaunchConfig(tokens=32)
-    assert DEFAULT_LAUNCH.spec() == "256,8,2,1,0,0"
-    with pytest.raises(ValueError, match="at most 6 fields"):
-        LaunchConfig.parse("1,2,3,4,5,6,7")
+    assert DEFAULT_LAUNCH.spec() == "128,4,3,1,0,0,1"
+    assert LaunchConfig.parse("64,4,2,1,0,0,1") == LaunchConfig(tokens=64, num_warps=4, num_stages=2, lanes=True)
+    with pytest.raises(ValueError, match="lanes do not prefetch"):  # a launch of six fields keeps the default lanes
+        LaunchConfig.parse("128,8,2,4,1,1")
+    with pytest.raises(ValueError, match="at most 7 fields"):
+        LaunchConfig.parse("1,2,3,4,5,6,7,8")
+    with pytest.raises(ValueError, match="lanes do not prefetch"):
+        LaunchConfig.parse("64,4,1,1,1,0,1")
     with pytest.raises(ValueError, match="splits must be a power of 2, not 3"):
         LaunchConfig.parse("32,8,1,3")
     with pytest.raises(ValueError, match="tokens must be a power of 2, not 48"):

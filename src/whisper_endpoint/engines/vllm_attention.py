@@ -7,10 +7,11 @@ with this kernel, which takes the query in bf16, the fp8 cache costs whisper-bas
 instead of 0.35. The kernel is a plain memory-bound loop: one program per query token and head (and, when
 split, per part of the positions) walks that head's pages of the cache, scores and sums on CUDA cores with an
 online softmax. It serves the decoder's self-attention (causal) and cross-attention (all 1,500 positions) on
-every step, so vLLM is told not to quantise queries. Alone it reads the cross-attention slower than
-FlashAttention 3 as `benchmarks.attention_check` calls it (617 against 526 µs a layer for 256 windows on an
-H100), yet the engine ran 10 and 16 % faster with it on two H100s; where the engine's FlashAttention calls lose
-that time is not profiled yet.
+every step, so vLLM is told not to quantise queries. By default each of an iteration's 128 position slots
+keeps its own softmax until the loop ends (`LaunchConfig.lanes`): the loop then makes no reduction across the
+program's warps, and one layer's cross-attention for 512 windows reads 2.5 TB/s on an H100 (789 µs), against
+1.9 TB/s for the first launch, which reduced over all warps every iteration, and for FlashAttention 3 as
+`benchmarks.attention_check` calls it (docs/benchmarks.md).
 
 vLLM's cache for one layer is [blocks, heads, block_size, 2 * head_size] (a position's key and value side by
 side; memory in NHD or HND order), filled by vLLM before attention runs; `seq_lens` counts each sequence's
@@ -33,15 +34,18 @@ PATCHED_MARK = "_whisper_endpoint_attention"
 class LaunchConfig:
     """How the kernel runs: positions scored per loop iteration, warps per program, loop stages in flight,
     programs per query token and head (each over a part of the positions, then combined), whether each
-    iteration asks for the next positions' keys and values before working on its own, and whether the
-    programs of one token's heads are launched next to each other (else those of one head's tokens)."""
+    iteration asks for the next positions' keys and values before working on its own, whether the
+    programs of one token's heads are launched next to each other (else those of one head's tokens), and
+    whether each of an iteration's position slots keeps its own softmax until the loop ends (lanes), which
+    spares every iteration three reductions across the program's warps."""
 
-    tokens: int = 256  # the fastest of 14 launches for large-v3's cross-attention on an H100 (docs/benchmarks.md)
-    num_warps: int = 8
-    num_stages: int = 2
+    tokens: int = 128  # the fastest of 12 launches for large-v3's cross-attention on an H100 (docs/benchmarks.md)
+    num_warps: int = 4
+    num_stages: int = 3
     splits: int = 1
     prefetch: bool = False
     heads_first: bool = False
+    lanes: bool = True
 
     def __post_init__(self) -> None:
         for name in ("tokens", "num_warps", "splits"):  # Triton's ranges and warp counts are powers of 2
@@ -50,6 +54,8 @@ class LaunchConfig:
                 raise ValueError(f"a launch's {name} must be a power of 2, not {value}: {self}")
         if self.num_stages < 1:
             raise ValueError(f"a launch needs at least one loop stage: {self}")
+        if self.lanes and self.prefetch:
+            raise ValueError(f"lanes do not prefetch (a seventh field, 0, gives the plain loop): {self}")
 
     @classmethod
     def parse(cls, spec: str) -> LaunchConfig:
@@ -65,7 +71,7 @@ class LaunchConfig:
 
 
 DEFAULT_LAUNCH = LaunchConfig()
-BOOLEAN_FIELDS = ("prefetch", "heads_first")
+BOOLEAN_FIELDS = ("prefetch", "heads_first", "lanes")
 
 
 @cache
@@ -87,9 +93,9 @@ def paged_attention(
     causal: bool,
     num_query_tokens: int | None = None,
     launch: LaunchConfig = DEFAULT_LAUNCH,
-) -> None:
+) -> Any:
     """Attention of every query token over its sequence's cached positions (causal: only up to itself), into
-    `output`.
+    `output`; returns the attention kernel as Triton compiled it (its registers and assembly).
 
     query, output: [tokens, heads, head_size]; kv_cache: [blocks, heads, block_size, 2 * head_size];
     scales: float32 tensors dequantising query, keys and values (1.0 where not quantised);
@@ -121,7 +127,7 @@ def paged_attention(
     if splits > 1:
         partial = torch.empty((tokens, heads, splits, head_size + 2), dtype=torch.float32, device=query.device)
     grid = (heads, tokens, splits) if launch.heads_first else (tokens, heads, splits)
-    attend[grid](
+    compiled = attend[grid](
         *tensors,
         partial,
         *scales,
@@ -130,6 +136,7 @@ def paged_attention(
         SPLITS=splits,
         PREFETCH=launch.prefetch,
         HEADS_FIRST=launch.heads_first,
+        LANES=launch.lanes,
         **shape,
     )
     if splits > 1:
@@ -143,6 +150,7 @@ def paged_attention(
             HEAD_SIZE=head_size,
             SPLITS=splits,
         )
+    return compiled
 
 
 def takes_this_path(impl: Any, attn_metadata: Any, output_scale: Any, decoder_types: tuple[Any, ...]) -> bool:

@@ -55,57 +55,30 @@ def sequence_and_visible(  # type: ignore[no-untyped-def]
     return seq, visible
 
 
-@triton.jit  # type: ignore[untyped-decorator]  # parameters unannotated: Triton reads annotations
-def attention_kernel(  # type: ignore[no-untyped-def]
-    query,  # [tokens, heads, head_size]
-    kv_cache,  # [blocks, heads, block_size, 2 * head_size]
-    block_table,  # [sequences, max blocks]
-    seq_lens,  # [sequences] cached positions, new tokens included
-    query_start,  # [sequences + 1] each sequence's first query token
-    output,  # [tokens, heads, head_size]
-    partial,  # [tokens, heads, SPLITS, head_size + 2] float32, where SPLITS > 1
-    q_scale_ptr,  # float32 dequantisation scales (1.0 where not quantised)
-    k_scale_ptr,
-    v_scale_ptr,
-    softmax_scale,
-    num_query_tokens,  # real tokens; the rest pad a CUDA graph's batch
-    num_seqs,
-    q_stride_token,
-    q_stride_head,
+@triton.jit  # type: ignore[untyped-decorator]
+def shared_softmax(  # type: ignore[no-untyped-def]
+    kv_cache,
+    block_table,
+    seq,
+    bt_stride,
+    head,
     kv_stride_block,
     kv_stride_head,
     kv_stride_position,
-    bt_stride,
-    out_stride_token,
-    out_stride_head,
+    q,
+    first,
+    end,
+    dims,
     HEAD_SIZE: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     TOKENS: tl.constexpr,
     STAGES: tl.constexpr,
-    SPLITS: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    SEARCH: tl.constexpr,
     PREFETCH: tl.constexpr,
-    HEADS_FIRST: tl.constexpr,
 ):
-    if HEADS_FIRST:  # a token's heads run side by side, reading the same pages of an NHD cache together
-        head = tl.program_id(0)
-        token = tl.program_id(1)
-        heads = tl.num_programs(0)
-    else:
-        token = tl.program_id(0)
-        head = tl.program_id(1)
-        heads = tl.num_programs(1)
-    split = tl.program_id(2)
-    real = token < num_query_tokens
-    seq, visible = sequence_and_visible(query_start, seq_lens, token, real, num_seqs, CAUSAL, SEARCH)
-    dims = tl.arange(0, HEAD_SIZE)
-    q = tl.load(query + token * q_stride_token + head * q_stride_head + dims, mask=real, other=0.0).to(tl.float32)
-    q = q * (tl.load(q_scale_ptr) * tl.load(k_scale_ptr) * softmax_scale)
+    """The sum of values weighted by the softmax of scores over positions `first` to `end`, relative to one
+    running maximum that every iteration updates over all of its TOKENS positions (a reduction across the
+    program's warps for the maximum, the denominator and the sum): (sum, maximum, denominator)."""
     positions = tl.arange(0, TOKENS)
-    part = tl.cdiv(visible, SPLITS * TOKENS) * TOKENS  # this program's share of the positions
-    first = split * part
-    end = tl.minimum(first + part, visible)
     running_max = tl.full((), float("-inf"), tl.float32)
     denominator = tl.zeros((), tl.float32)
     acc = tl.zeros((HEAD_SIZE,), tl.float32)
@@ -157,6 +130,157 @@ def attention_kernel(  # type: ignore[no-untyped-def]
         denominator = denominator * correction + tl.sum(weights, axis=0)
         acc = acc * correction + tl.sum(weights[:, None] * v_raw.to(tl.float32), axis=0)
         running_max = new_max
+    return acc, running_max, denominator
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def lane_softmax(  # type: ignore[no-untyped-def]
+    kv_cache,
+    block_table,
+    seq,
+    bt_stride,
+    head,
+    kv_stride_block,
+    kv_stride_head,
+    kv_stride_position,
+    q,
+    first,
+    end,
+    dims,
+    HEAD_SIZE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TOKENS: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """What `shared_softmax` returns, but each of the TOKENS lanes (position i of every iteration) keeps its own
+    maximum, denominator and sum until the loop ends, and the lanes are combined once after it: the loop makes
+    no reduction across warps, only the score's over each position's dimensions."""
+    positions = tl.arange(0, TOKENS)
+    lane_max = tl.full((TOKENS,), float("-inf"), tl.float32)
+    lane_denominator = tl.zeros((TOKENS,), tl.float32)
+    lane_acc = tl.zeros((TOKENS, HEAD_SIZE), tl.float32)
+    for start in tl.range(first, end, TOKENS, num_stages=STAGES):
+        position = start + positions
+        k_raw, v_raw = load_rows(
+            kv_cache,
+            block_table,
+            seq,
+            bt_stride,
+            head,
+            kv_stride_block,
+            kv_stride_head,
+            kv_stride_position,
+            position,
+            end,
+            dims,
+            HEAD_SIZE,
+            BLOCK_SIZE,
+        )
+        scores = tl.where(position < end, tl.sum(k_raw.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+        new_max = tl.maximum(lane_max, scores)
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a lane past the end from the start
+        weights = tl.exp(scores - shift)
+        correction = tl.exp(lane_max - shift)
+        lane_denominator = lane_denominator * correction + weights
+        lane_acc = lane_acc * correction[:, None] + weights[:, None] * v_raw.to(tl.float32)
+        lane_max = new_max
+    running_max = tl.max(lane_max, axis=0)
+    lane_weights = tl.exp(lane_max - tl.where(running_max == float("-inf"), 0.0, running_max))
+    denominator = tl.sum(lane_denominator * lane_weights, axis=0)
+    acc = tl.sum(lane_acc * lane_weights[:, None], axis=0)
+    return acc, running_max, denominator
+
+
+@triton.jit  # type: ignore[untyped-decorator]  # parameters unannotated: Triton reads annotations
+def attention_kernel(  # type: ignore[no-untyped-def]
+    query,  # [tokens, heads, head_size]
+    kv_cache,  # [blocks, heads, block_size, 2 * head_size]
+    block_table,  # [sequences, max blocks]
+    seq_lens,  # [sequences] cached positions, new tokens included
+    query_start,  # [sequences + 1] each sequence's first query token
+    output,  # [tokens, heads, head_size]
+    partial,  # [tokens, heads, SPLITS, head_size + 2] float32, where SPLITS > 1
+    q_scale_ptr,  # float32 dequantisation scales (1.0 where not quantised)
+    k_scale_ptr,
+    v_scale_ptr,
+    softmax_scale,
+    num_query_tokens,  # real tokens; the rest pad a CUDA graph's batch
+    num_seqs,
+    q_stride_token,
+    q_stride_head,
+    kv_stride_block,
+    kv_stride_head,
+    kv_stride_position,
+    bt_stride,
+    out_stride_token,
+    out_stride_head,
+    HEAD_SIZE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TOKENS: tl.constexpr,
+    STAGES: tl.constexpr,
+    SPLITS: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    SEARCH: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
+    LANES: tl.constexpr,
+):
+    if HEADS_FIRST:  # a token's heads run side by side, reading the same pages of an NHD cache together
+        head = tl.program_id(0)
+        token = tl.program_id(1)
+        heads = tl.num_programs(0)
+    else:
+        token = tl.program_id(0)
+        head = tl.program_id(1)
+        heads = tl.num_programs(1)
+    split = tl.program_id(2)
+    real = token < num_query_tokens
+    seq, visible = sequence_and_visible(query_start, seq_lens, token, real, num_seqs, CAUSAL, SEARCH)
+    dims = tl.arange(0, HEAD_SIZE)
+    q = tl.load(query + token * q_stride_token + head * q_stride_head + dims, mask=real, other=0.0).to(tl.float32)
+    q = q * (tl.load(q_scale_ptr) * tl.load(k_scale_ptr) * softmax_scale)
+    part = tl.cdiv(visible, SPLITS * TOKENS) * TOKENS  # this program's share of the positions
+    first = split * part
+    end = tl.minimum(first + part, visible)
+    if LANES:
+        acc, running_max, denominator = lane_softmax(
+            kv_cache,
+            block_table,
+            seq,
+            bt_stride,
+            head,
+            kv_stride_block,
+            kv_stride_head,
+            kv_stride_position,
+            q,
+            first,
+            end,
+            dims,
+            HEAD_SIZE,
+            BLOCK_SIZE,
+            TOKENS,
+            STAGES,
+        )
+    else:
+        acc, running_max, denominator = shared_softmax(
+            kv_cache,
+            block_table,
+            seq,
+            bt_stride,
+            head,
+            kv_stride_block,
+            kv_stride_head,
+            kv_stride_position,
+            q,
+            first,
+            end,
+            dims,
+            HEAD_SIZE,
+            BLOCK_SIZE,
+            TOKENS,
+            STAGES,
+            PREFETCH,
+        )
     if SPLITS == 1:
         out = acc * tl.load(v_scale_ptr) / tl.maximum(denominator, 1e-30)  # nothing visible: zeros
         destination = output + token * out_stride_token + head * out_stride_head + dims
