@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+from collections import Counter
 from typing import Any
 
 from whisper_endpoint.engines.vllm_attention import DEFAULT_LAUNCH, LaunchConfig, paged_attention
@@ -90,8 +92,13 @@ def reference(torch: Any, case: dict[str, Any], causal: bool) -> Any:
 
 
 def ours(torch: Any, case: dict[str, Any], causal: bool, launch: LaunchConfig = DEFAULT_LAUNCH) -> Any:
+    return ours_compiled(torch, case, causal, launch)[0]
+
+
+def ours_compiled(torch: Any, case: dict[str, Any], causal: bool, launch: LaunchConfig) -> tuple[Any, Any]:
+    """The kernel's output for the real tokens, and the kernel as compiled."""
     out = torch.full(case["query"].shape, float("nan"), dtype=torch.bfloat16, device=case["query"].device)
-    paged_attention(
+    compiled = paged_attention(
         case["query"],
         case["cache"],
         case["block_table"],
@@ -105,7 +112,18 @@ def ours(torch: Any, case: dict[str, Any], causal: bool, launch: LaunchConfig = 
         launch=launch,
     )
     assert torch.isnan(out[case["tokens"] :].float()).all(), "padded tokens must be left alone"
-    return out[: case["tokens"]]
+    return out[: case["tokens"]], compiled
+
+
+def kernel_info(compiled: Any) -> dict[str, Any]:
+    """Registers and spills per thread, and how many global loads of each width the PTX holds (a load of 16
+    bytes, `.v4.b32`, moves four times what a `.b32` one does per instruction)."""
+    loads = Counter(re.findall(r"ld\.global(?:\.[a-z0-9]+)*", compiled.asm["ptx"]))
+    return {
+        "registers": getattr(compiled, "n_regs", None),
+        "spills": getattr(compiled, "n_spills", None),
+        "loads": dict(sorted(loads.items())),
+    }
 
 
 def check(torch: Any, device: str, large: bool, launches: list[LaunchConfig]) -> list[dict[str, Any]]:
@@ -183,6 +201,7 @@ def time_both(
     for launch in launches:
         us = timed(lambda launch=launch: ours(torch, case, False, launch))
         rows.append({"kernel": f"ours {launch.spec()}", "launch": launch.spec(), "us": round(us, 1)})
+        rows[-1].update(kernel_info(ours_compiled(torch, case, False, launch)[1]))
         if flash_attn_varlen_func is not None:  # differs by the query's fp8 rounding in FlashAttention 3
             rows[-1]["max_abs_difference"] = (ours(torch, case, False, launch).float() - out.float()).abs().max().item()
     for row in rows:
@@ -217,24 +236,46 @@ def main() -> None:
             "64,4,2,4,0,1",
             "128,4,1,4,1,0",
             "64,4,1,8,1,0",
+            "64,4,1,1,0,0,1",
+            "64,4,2,1,0,0,1",
+            "128,4,2,1,0,0,1",
+            "128,8,2,1,0,0,1",
+            "32,2,2,1,0,0,1",
+            "256,8,2,1,0,0,1",
         ],
         help="launch configurations to check and time: positions per iteration, warps, stages, splits, prefetch, "
-        "heads first",
+        "heads first, lanes",
+    )
+    parser.add_argument("--repeats", type=int, default=50, help="timed calls per kernel and size")
+    parser.add_argument(
+        "--no-check", action="store_true", help="time only (under a profiler, which should see the timed calls)"
     )
     args = parser.parse_args()
     launches = [LaunchConfig.parse(spec) for spec in args.launch]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict[str, Any] = {"device": device, "correctness": check(torch, device, device == "cuda", launches)}
+    results: dict[str, Any] = {"device": device}
+    if not args.no_check:
+        results["correctness"] = check(torch, device, device == "cuda", launches)
     if args.time:
         results["timing"] = [
             row
             for layout in args.layouts
             for n in args.sequences
-            for row in time_both(torch, n, args.block_size, launches, layout)
+            for row in time_both(torch, n, args.block_size, launches, layout, args.repeats)
         ]
-        print("layout | sequences | kernel | µs | TB/s", file=sys.stderr)
+        print("layout | sequences | kernel | µs | TB/s | registers | spills | loads", file=sys.stderr)
         for row in results["timing"]:
-            print(row["layout"], row["sequences"], row["kernel"], row["us"], row["tb_s"], sep=" | ", file=sys.stderr)
+            kernel = (row.get(key, "") for key in ("registers", "spills", "loads"))
+            print(
+                row["layout"],
+                row["sequences"],
+                row["kernel"],
+                row["us"],
+                row["tb_s"],
+                *kernel,
+                sep=" | ",
+                file=sys.stderr,
+            )
     print(json.dumps(results, indent=1))
 
 
