@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,22 @@ def test_windows_cross_to_a_spawned_process_and_back_intact() -> None:
         assert child.exitcode == 0
         with pytest.raises(EOFError):  # the child's end closed with it
             here.recv()
+    finally:
+        child.kill()
+        here.close()
+
+
+def _send_own_name(conn: MessageSocket) -> None:
+    conn.send(Path("/proc/self/comm").read_text().strip())
+
+
+@pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="process names are read from Linux's /proc")
+def test_a_spawned_child_goes_by_its_name_in_proc() -> None:
+    here, child = spawn_child(_send_own_name, (), "whisper-front-end")
+    try:
+        assert here.recv() == "whisper-front-e"  # the kernel keeps 15 characters; unnamed, it is "python3"
+        child.join(timeout=30)
+        assert child.exitcode == 0
     finally:
         child.kill()
         here.close()
