@@ -116,9 +116,10 @@ def ours_compiled(torch: Any, case: dict[str, Any], causal: bool, launch: Launch
 
 
 def kernel_info(compiled: Any) -> dict[str, Any]:
-    """Registers and spills per thread, and how many global loads of each width the PTX holds (a load of 16
-    bytes, `.v4.b32`, moves four times what a `.b32` one does per instruction)."""
-    loads = Counter(re.findall(r"ld\.global(?:\.[a-z0-9]+)*", compiled.asm["ptx"]))
+    """Registers and spills per thread, and how many loads from global memory of each kind the PTX holds: into
+    registers (a `ld.global.v4.b32` moves 16 bytes, four times a `.b32` one), or, where Triton pipelines the
+    loop, copied ahead into shared memory (`cp.async`)."""
+    loads = Counter(re.findall(r"ld\.global(?:\.[a-z0-9]+)*|cp\.async\.c[ag](?:\.[a-z0-9]+)*", compiled.asm["ptx"]))
     return {
         "registers": getattr(compiled, "n_regs", None),
         "spills": getattr(compiled, "n_spills", None),
