@@ -25,6 +25,29 @@ from typing import Any
 from whisper_endpoint.engines.vllm_attention import DEFAULT_LAUNCH, LaunchConfig, paged_attention
 
 PADDED_TOKENS = 3  # past the real ones, as in a CUDA graph's batch
+LAUNCHES = [  # checked and timed by default: positions, warps, stages, splits, prefetch, heads first, lanes
+    "64,4,1,1,0,0,0",
+    "64,4,1,1,1,0,0",
+    "64,4,1,1,0,1,0",
+    "64,4,1,1,1,1,0",
+    "128,4,1,1,1,1,0",
+    "128,8,2,1,0,1,0",
+    "256,8,2,1,0,0,0",
+    "32,2,1,1,1,1,0",
+    "32,4,1,1,1,1,0",
+    "16,2,1,1,1,1,0",
+    "64,4,1,4,1,1,0",
+    "64,4,2,4,0,1,0",
+    "128,4,1,4,1,0,0",
+    "64,4,1,8,1,0,0",
+    "64,4,1,1,0,0,1",
+    "64,4,2,1,0,0,1",
+    "128,4,2,1,0,0,1",
+    "128,8,2,1,0,0,1",
+    "32,2,2,1,0,0,1",
+    "256,8,2,1,0,0,1",
+    "128,4,3,1,0,0,1",
+]
 
 
 def make_case(
@@ -222,28 +245,7 @@ def main() -> None:
     parser.add_argument(
         "--launch",
         nargs="+",
-        default=[
-            "64,4,1,1,0,0",
-            "64,4,1,1,1,0",
-            "64,4,1,1,0,1",
-            "64,4,1,1,1,1",
-            "128,4,1,1,1,1",
-            "128,8,2,1,0,1",
-            "256,8,2,1,0,0",
-            "32,2,1,1,1,1",
-            "32,4,1,1,1,1",
-            "16,2,1,1,1,1",
-            "64,4,1,4,1,1",
-            "64,4,2,4,0,1",
-            "128,4,1,4,1,0",
-            "64,4,1,8,1,0",
-            "64,4,1,1,0,0,1",
-            "64,4,2,1,0,0,1",
-            "128,4,2,1,0,0,1",
-            "128,8,2,1,0,0,1",
-            "32,2,2,1,0,0,1",
-            "256,8,2,1,0,0,1",
-        ],
+        default=LAUNCHES,
         help="launch configurations to check and time: positions per iteration, warps, stages, splits, prefetch, "
         "heads first, lanes",
     )

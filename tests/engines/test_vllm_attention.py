@@ -59,3 +59,11 @@ def test_a_launch_is_written_as_integers_in_field_order() -> None:
     with pytest.raises(ValidationError, match="splits must be a power of 2"):  # refused with the settings
         Settings(vllm_triton_attention_launch="32,8,1,3")
     assert Settings(vllm_triton_attention_launch="32,8,2").vllm_triton_attention_launch == "32,8,2"
+
+
+def test_the_kernel_check_times_the_default_launch_and_only_valid_ones() -> None:
+    from benchmarks.attention_check import LAUNCHES  # torch and Triton only when it runs
+
+    launches = [LaunchConfig.parse(spec) for spec in LAUNCHES]  # a six-field launch with prefetch is refused
+    assert DEFAULT_LAUNCH in launches
+    assert all(len(spec.split(",")) == 7 for spec in LAUNCHES)  # six fields would take the default's lanes
