@@ -132,14 +132,20 @@ def _features(ctx: _Context, samples: np.ndarray) -> np.ndarray | None:
 
 
 def _detect_language(ctx: _Context, features: np.ndarray | None, samples: np.ndarray) -> None:
-    if ctx.info.language is not None:
-        return
-    if not ctx.engine.capabilities.language_detection:
-        raise UnsupportedFeatureError(f"the {ctx.engine.name} engine cannot detect the language", param="language")
-    window = WindowInput(features, (), samples_to_ms(len(samples)), samples)
-    probs = ctx.engine.detect_language([window])[0]
+    if ctx.info.language is None:
+        ctx.info.language, ctx.info.language_probability = detect_language(ctx.engine, samples, features)
+
+
+def detect_language(engine: Engine, samples: np.ndarray, features: np.ndarray | None = None) -> tuple[str, float]:
+    """The likeliest language of a window of audio (the first speech chunk, as transcription detects it) and its
+    probability; `features`: the window's log-mel where already computed."""
+    if not engine.capabilities.language_detection:
+        raise UnsupportedFeatureError(f"the {engine.name} engine cannot detect the language", param="language")
+    if features is None and engine.capabilities.log_mel_input:
+        features = log_mel_window(samples, engine.n_mels)
+    probs = engine.detect_language([WindowInput(features, (), samples_to_ms(len(samples)), samples)])[0]
     code, prob = max(probs.items(), key=lambda kv: kv[1])
-    ctx.info.language, ctx.info.language_probability = code, prob
+    return code, prob
 
 
 def _sot(ctx: _Context, timestamps: bool = True) -> tuple[int, ...]:
