@@ -191,8 +191,10 @@ def lane_softmax(  # type: ignore[no-untyped-def]
     return acc, running_max, denominator
 
 
-@triton.jit  # type: ignore[untyped-decorator]  # parameters unannotated: Triton reads annotations
-def attention_kernel(  # type: ignore[no-untyped-def]
+# The two counts change with every batch; specialised (as Triton does by default: equal to 1, divisible by 16)
+# they made more variants than vLLM's warm-up compiles, and a late one compiled during the first requests.
+@triton.jit(do_not_specialize=["num_query_tokens", "num_seqs"])  # type: ignore[untyped-decorator]
+def attention_kernel(  # type: ignore[no-untyped-def]  # parameters unannotated: Triton reads annotations
     query,  # [tokens, heads, head_size]
     kv_cache,  # [blocks, heads, block_size, 2 * head_size]
     block_table,  # [sequences, max blocks]
@@ -292,7 +294,7 @@ def attention_kernel(  # type: ignore[no-untyped-def]
         tl.store(base + HEAD_SIZE + 1, denominator)
 
 
-@triton.jit  # type: ignore[untyped-decorator]
+@triton.jit(do_not_specialize=["num_query_tokens"])  # type: ignore[untyped-decorator]
 def combine_kernel(  # type: ignore[no-untyped-def]
     partial,
     output,
