@@ -1,15 +1,18 @@
-"""Messages over a socket pair: large arrays between processes, and a clean end of stream."""
+"""Messages over a socket pair: large arrays between processes, a clean end of stream, and messages that
+several threads queue, sent together."""
 
 from __future__ import annotations
 
+import select
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from whisper_endpoint.errors import AudioDecodeError, WhisperEndpointError
-from whisper_endpoint.ipc import MessageSocket, picklable, spawn_child
+from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
 
 
 def _echo_doubled(conn: MessageSocket) -> None:
@@ -93,3 +96,40 @@ def test_a_send_cut_short_sends_the_rest() -> None:
     assert np.array_equal(receiver.recv()["samples"], np.arange(1000, dtype=np.float32))
     left.close()
     receiver.close()
+
+
+def test_what_is_queued_during_a_send_goes_as_one_message_in_order() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    right.settimeout(10)
+    receiver = MessageSocket(right)
+    sender = BatchingSender(MessageSocket(left), "test-sender", max_items=64)
+    big = b"x" * 8_000_000  # far more than the socket's buffer: its send lasts until it is read
+    sender.put(big)
+    assert select.select([right], [], [], 10)[0], "the first message never started"
+    for i in range(99):  # queued while the first is on its way
+        sender.put(i)
+    assert receiver.recv() == [big]
+    assert receiver.recv() == list(range(64))  # at most max_items a message
+    assert receiver.recv() == list(range(64, 99))
+    sender.close(then="stop")
+    assert receiver.recv() == "stop"
+    left.close()
+    receiver.close()
+
+
+def test_items_that_cannot_be_sent_are_handed_to_on_error() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    right.close()  # the other end is gone
+    failed: list[tuple[list[object], BaseException]] = []
+    done = threading.Event()
+
+    def on_error(items: list[object], exc: BaseException) -> None:
+        failed.append((items, exc))
+        done.set()
+
+    sender = BatchingSender(MessageSocket(left), "test-sender", max_items=8, on_error=on_error)
+    sender.put("call")
+    assert done.wait(10)
+    assert failed[0][0] == ["call"] and isinstance(failed[0][1], OSError)
+    sender.close()
+    left.close()

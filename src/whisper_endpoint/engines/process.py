@@ -10,7 +10,6 @@ Calls are concurrent: each runs in a thread of the engine process.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -32,12 +31,14 @@ from whisper_endpoint.engines.base import (
     WindowInput,
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
-from whisper_endpoint.ipc import MessageSocket, picklable, spawn_child
+from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
 
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Settings], Engine]  # a module-level function, so the engine process can import it
 MAX_WINDOWS_PER_MESSAGE = 16  # a large call goes in parts, so the engine starts on the first while the rest travel
+MAX_CALLS_PER_MESSAGE = 8  # calls queued together travel as one message (up to 8 x 16 windows of 1.9 MB)
+MAX_REPLIES_PER_MESSAGE = 256  # replies are tokens and scores: small
 CLOSE_TIMEOUT_S = 60.0
 
 
@@ -63,26 +64,27 @@ def _serve(
         conn.send(("failed", picklable(exc)))
         return
     conn.send(("ready", (EngineDescription.of(engine), os.getpid())))
-    sending = threading.Lock()
+    replies = BatchingSender(conn, "engine-replies", MAX_REPLIES_PER_MESSAGE)
 
     def run(call_id: int, method: str, args: tuple[Any, ...]) -> None:
         try:
             reply: tuple[Any, ...] = (call_id, "ok", getattr(engine, method)(*args))
         except BaseException as exc:
             reply = (call_id, "error", picklable(exc))
-        with sending:
-            conn.send(reply)
+        replies.put(reply)
 
     with ThreadPoolExecutor(max_workers=1024, thread_name_prefix="engine-call") as calls:
         while True:
             try:
-                message = conn.recv()
+                message = conn.recv()  # a list of calls, or None: stop
             except (EOFError, OSError):  # the server process is gone
                 break
             if message is None:
                 break
-            calls.submit(run, *message)
+            for call in message:
+                calls.submit(run, *call)
         engine.close()
+    replies.close()  # the calls still running ended with engine.close()
 
 
 class ProcessEngine(DescribedEngine):
@@ -113,8 +115,9 @@ class ProcessEngine(DescribedEngine):
         self.pid: int = pid
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
-        self._lock = threading.Lock()  # guards _pending, _closed and sending
+        self._lock = threading.Lock()  # guards _pending and _closed
         self._closed = False
+        self._calls = BatchingSender(self._conn, "engine-calls", MAX_CALLS_PER_MESSAGE, self._unsent)
         self._receiver = threading.Thread(target=self._receive, name="engine-replies", daemon=True)
         self._receiver.start()
         log.info("engine %s runs in process %d", self.name, self.pid)
@@ -128,17 +131,18 @@ class ProcessEngine(DescribedEngine):
     def _receive(self) -> None:
         while True:
             try:
-                call_id, status, payload = self._conn.recv()
+                replies = self._conn.recv()  # a list of (call id, status, payload)
             except (EOFError, OSError):
                 break
             with self._lock:
-                future = self._pending.pop(call_id, None)
-            if future is None:
-                continue
-            if status == "ok":
-                future.set_result(payload)
-            else:
-                future.set_exception(payload)
+                futures = [self._pending.pop(call_id, None) for call_id, _, _ in replies]
+            for future, (_, status, payload) in zip(futures, replies, strict=True):
+                if future is None:
+                    continue
+                if status == "ok":
+                    future.set_result(payload)
+                else:
+                    future.set_exception(payload)
         with self._lock:
             self._closed = True
             pending, self._pending = self._pending, {}
@@ -152,12 +156,15 @@ class ProcessEngine(DescribedEngine):
                 raise EngineFailedError("the engine process has ended")
             call_id = next(self._ids)
             self._pending[call_id] = future
-            try:
-                self._conn.send((call_id, method, args))
-            except (OSError, ValueError) as exc:
-                self._pending.pop(call_id, None)
-                raise EngineFailedError("the engine process has ended") from exc
+        self._calls.put((call_id, method, args))
         return future
+
+    def _unsent(self, calls: list[Any], exc: BaseException) -> None:
+        with self._lock:
+            futures = [self._pending.pop(call_id, None) for call_id, _, _ in calls]
+        for future in futures:
+            if future is not None:
+                future.set_exception(EngineFailedError("the engine process has ended"))
 
     def _call(self, method: str, items: Sequence[Any], *rest: Any) -> list[Any]:
         parts = [items[i : i + MAX_WINDOWS_PER_MESSAGE] for i in range(0, len(items), MAX_WINDOWS_PER_MESSAGE)]
@@ -174,10 +181,7 @@ class ProcessEngine(DescribedEngine):
         return self._call("align", items)
 
     def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                with contextlib.suppress(OSError, ValueError):  # already gone
-                    self._conn.send(None)
+        self._calls.close(None)  # the calls queued, then the stop; an engine already gone fails them
         self._process.join(timeout=CLOSE_TIMEOUT_S)
         if self._process.is_alive():
             self._process.terminate()
