@@ -133,3 +133,24 @@ def test_items_that_cannot_be_sent_are_handed_to_on_error() -> None:
     assert failed[0][0] == ["call"] and isinstance(failed[0][1], OSError)
     sender.close()
     left.close()
+
+
+def test_an_item_that_does_not_pickle_fails_alone() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    right.settimeout(10)
+    receiver = MessageSocket(right)
+    failed: list[tuple[list[object], BaseException]] = []
+    sender = BatchingSender(
+        MessageSocket(left), "test-sender", max_items=8, on_error=lambda i, e: failed.append((i, e))
+    )
+    sender.put(b"x" * 8_000_000)  # keeps the sender busy while the next three queue behind it
+    assert select.select([right], [], [], 10)[0]
+    lock = threading.Lock()  # locks do not pickle
+    for item in ("before", lock, "after"):
+        sender.put(item)
+    assert len(receiver.recv()[0]) == 8_000_000
+    assert [receiver.recv(), receiver.recv()] == [["before"], ["after"]]  # one by one once the batch failed
+    sender.close()
+    assert len(failed) == 1 and failed[0][0] == [lock] and "pickle" in str(failed[0][1])
+    left.close()
+    receiver.close()

@@ -127,8 +127,17 @@ class BatchingSender:
         try:
             self._conn.send(message)
         except (OSError, ValueError) as exc:  # the other end is gone (or this one closed)
-            if self._on_error is not None:
-                self._on_error(items, exc)
+            self._failed(items, exc)
+        except Exception as exc:  # an item that does not pickle: the others go one by one, so only it fails
+            if len(items) < 2:
+                self._failed(items, exc)
+                return
+            for item in items:
+                self._send([item], [item])
+
+    def _failed(self, items: list[Any], exc: BaseException) -> None:
+        if self._on_error is not None and items:
+            self._on_error(items, exc)
 
 
 @dataclass(frozen=True)

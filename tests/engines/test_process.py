@@ -103,6 +103,15 @@ class SlowEngine:
         pass
 
 
+class UnpicklableResultEngine(SlowEngine):
+    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        return [threading.Lock()]  # type: ignore[list-item]  # a result that cannot cross to the server
+
+
+def unpicklable_result_engine(settings: Settings) -> Engine:
+    return UnpicklableResultEngine(0.0)  # type: ignore[return-value]
+
+
 def slow_engine(settings: Settings) -> Engine:
     return SlowEngine(settings.request_timeout_s)  # type: ignore[return-value]
 
@@ -219,4 +228,19 @@ def test_a_dead_engine_process_makes_the_server_answer_503_and_not_ready() -> No
     finally:
         running.server.should_exit = True
         thread.join(timeout=30)
+        engine.close()
+
+
+def test_a_result_that_cannot_cross_fails_its_call_instead_of_hanging_it() -> None:
+    engine = ProcessEngine(unpicklable_result_engine, Settings())
+    try:
+        window = WindowInput(None, (1,), 1000, np.zeros(16, np.float32))
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(engine.generate, [window], SamplingOptions())
+            with pytest.raises(Exception, match="pickle"):
+                call.result(timeout=30)
+        assert engine.alive  # the engine process and its reply thread carry on
+        with pytest.raises(Exception, match="pickle"):
+            engine.generate([window], SamplingOptions())
+    finally:
         engine.close()

@@ -64,14 +64,20 @@ def _serve(
         conn.send(("failed", picklable(exc)))
         return
     conn.send(("ready", (EngineDescription.of(engine), os.getpid())))
-    replies = BatchingSender(conn, "engine-replies", MAX_REPLIES_PER_MESSAGE)
+
+    def unsent(replies: list[Any], exc: BaseException) -> None:
+        if not isinstance(exc, (OSError, ValueError)):  # a result that does not pickle: its caller learns why
+            for call_id, _, _ in replies:
+                sender.put((call_id, "error", picklable(exc)))
+
+    sender = BatchingSender(conn, "engine-replies", MAX_REPLIES_PER_MESSAGE, unsent)
 
     def run(call_id: int, method: str, args: tuple[Any, ...]) -> None:
         try:
             reply: tuple[Any, ...] = (call_id, "ok", getattr(engine, method)(*args))
         except BaseException as exc:
             reply = (call_id, "error", picklable(exc))
-        replies.put(reply)
+        sender.put(reply)
 
     with ThreadPoolExecutor(max_workers=1024, thread_name_prefix="engine-call") as calls:
         while True:
@@ -84,7 +90,7 @@ def _serve(
             for call in message:
                 calls.submit(run, *call)
         engine.close()
-    replies.close()  # the calls still running ended with engine.close()
+    sender.close()  # the calls still running ended with engine.close()
 
 
 class ProcessEngine(DescribedEngine):
@@ -160,11 +166,13 @@ class ProcessEngine(DescribedEngine):
         return future
 
     def _unsent(self, calls: list[Any], exc: BaseException) -> None:
+        if isinstance(exc, (OSError, ValueError)):
+            exc = EngineFailedError("the engine process has ended")
         with self._lock:
             futures = [self._pending.pop(call_id, None) for call_id, _, _ in calls]
         for future in futures:
             if future is not None:
-                future.set_exception(EngineFailedError("the engine process has ended"))
+                future.set_exception(exc)
 
     def _call(self, method: str, items: Sequence[Any], *rest: Any) -> list[Any]:
         parts = [items[i : i + MAX_WINDOWS_PER_MESSAGE] for i in range(0, len(items), MAX_WINDOWS_PER_MESSAGE)]
