@@ -124,11 +124,11 @@ def _check_capabilities(engine: Engine, options: DecodeOptions) -> None:
         raise UnsupportedFeatureError(f"the {engine.name} engine has no beam search", param="beam_size")
 
 
-def _features(ctx: _Context, samples: np.ndarray) -> np.ndarray | None:
+def _features(engine: Engine, samples: np.ndarray) -> np.ndarray | None:
     """Our log-mel of a window, or None for an engine that computes its own from the samples."""
-    if not ctx.engine.capabilities.log_mel_input:
+    if not engine.capabilities.log_mel_input:
         return None
-    return log_mel_window(samples, ctx.engine.n_mels)
+    return log_mel_window(samples, engine.n_mels)
 
 
 def _detect_language(ctx: _Context, features: np.ndarray | None, samples: np.ndarray) -> None:
@@ -141,8 +141,8 @@ def detect_language(engine: Engine, samples: np.ndarray, features: np.ndarray | 
     probability; `features`: the window's log-mel where already computed."""
     if not engine.capabilities.language_detection:
         raise UnsupportedFeatureError(f"the {engine.name} engine cannot detect the language", param="language")
-    if features is None and engine.capabilities.log_mel_input:
-        features = log_mel_window(samples, engine.n_mels)
+    if features is None:
+        features = _features(engine, samples)
     probs = engine.detect_language([WindowInput(features, (), samples_to_ms(len(samples)), samples)])[0]
     code, prob = max(probs.items(), key=lambda kv: kv[1])
     return code, prob
@@ -160,13 +160,13 @@ def _prompt(ctx: _Context, previous: Sequence[int]) -> tuple[int, ...]:
 
 def _batched(ctx: _Context, chunks: Iterator[AudioChunk], progress: ProgressCallback | None) -> Iterator[Segment]:
     while group := list(islice(chunks, ctx.options.batch_size)):
-        features = [_features(ctx, c.samples) for c in group]
+        features = [_features(ctx.engine, c.samples) for c in group]
         _detect_language(ctx, features[0], group[0].samples)
         decoded = _decode_chunks(ctx, group, features)
         # Whisper often stops before the last words of a full window; decode such tails again.
         tails = {i: t for i, (c, d) in enumerate(zip(group, decoded, strict=True)) if (t := _lost_tail(ctx, c, d))}
         tail_chunks = list(tails.values())
-        tail_features = [_features(ctx, c.samples) for c in tail_chunks]
+        tail_features = [_features(ctx.engine, c.samples) for c in tail_chunks]
         tail_decoded = dict(zip(tails, _decode_chunks(ctx, tail_chunks, tail_features), strict=True))
         tail_feature_of = dict(zip(tails, tail_features, strict=True))
         ordered: list[tuple[AudioChunk, np.ndarray | None, Decoded]] = []
@@ -213,7 +213,7 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
         if not _speech_frames(window).any():
             seek = window.end
             continue
-        features = _features(ctx, window.samples)
+        features = _features(ctx.engine, window.samples)
         _detect_language(ctx, features, window.samples)
         window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)), window.samples)
         decoded = decode_with_fallback(ctx.engine, [window_input], ctx.options)
