@@ -6,7 +6,9 @@ from __future__ import annotations
 import select
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,17 +100,26 @@ def test_a_send_cut_short_sends_the_rest() -> None:
     receiver.close()
 
 
-def test_what_is_queued_during_a_send_goes_as_one_message_in_order() -> None:
+BIG = b"x" * 8_000_000  # far more than a socket's buffer: its send lasts until it is read
+
+
+def busy_sender(
+    max_items: int, on_error: Callable[[list[Any], BaseException], None] | None = None
+) -> tuple[socket.socket, MessageSocket, BatchingSender]:
+    """A sender still sending BIG, so that what is put next queues behind it; its socket and the receiver."""
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     right.settimeout(10)
-    receiver = MessageSocket(right)
-    sender = BatchingSender(MessageSocket(left), "test-sender", max_items=64)
-    big = b"x" * 8_000_000  # far more than the socket's buffer: its send lasts until it is read
-    sender.put(big)
+    sender = BatchingSender(MessageSocket(left), "test-sender", max_items, on_error)
+    sender.put(BIG)
     assert select.select([right], [], [], 10)[0], "the first message never started"
+    return left, MessageSocket(right), sender
+
+
+def test_what_is_queued_during_a_send_goes_as_one_message_in_order() -> None:
+    left, receiver, sender = busy_sender(max_items=64)
     for i in range(99):  # queued while the first is on its way
         sender.put(i)
-    assert receiver.recv() == [big]
+    assert receiver.recv() == [BIG]
     assert receiver.recv() == list(range(64))  # at most max_items a message
     assert receiver.recv() == list(range(64, 99))
     sender.close(then="stop")
@@ -136,19 +147,12 @@ def test_items_that_cannot_be_sent_are_handed_to_on_error() -> None:
 
 
 def test_an_item_that_does_not_pickle_fails_alone() -> None:
-    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    right.settimeout(10)
-    receiver = MessageSocket(right)
     failed: list[tuple[list[object], BaseException]] = []
-    sender = BatchingSender(
-        MessageSocket(left), "test-sender", max_items=8, on_error=lambda i, e: failed.append((i, e))
-    )
-    sender.put(b"x" * 8_000_000)  # keeps the sender busy while the next three queue behind it
-    assert select.select([right], [], [], 10)[0]
+    left, receiver, sender = busy_sender(max_items=8, on_error=lambda i, e: failed.append((i, e)))
     lock = threading.Lock()  # locks do not pickle
-    for item in ("before", lock, "after"):
+    for item in ("before", lock, "after"):  # queued behind BIG, so they would go as one message
         sender.put(item)
-    assert len(receiver.recv()[0]) == 8_000_000
+    assert receiver.recv() == [BIG]
     assert [receiver.recv(), receiver.recv()] == [["before"], ["after"]]  # one by one once the batch failed
     sender.close()
     assert len(failed) == 1 and failed[0][0] == [lock] and "pickle" in str(failed[0][1])
