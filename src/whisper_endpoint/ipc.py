@@ -75,6 +75,7 @@ class MessageSocket:
 
 
 _NOTHING = object()
+PEER_GONE = (OSError, ValueError)  # what a send raises once the other end is gone (or this one closed)
 
 
 class BatchingSender:
@@ -126,7 +127,7 @@ class BatchingSender:
     def _send(self, message: object, items: list[Any]) -> None:
         try:
             self._conn.send(message)
-        except (OSError, ValueError) as exc:  # the other end is gone (or this one closed)
+        except PEER_GONE as exc:
             self._failed(items, exc)
         except Exception as exc:  # an item that does not pickle: the others go one by one, so only it fails
             if len(items) < 2:

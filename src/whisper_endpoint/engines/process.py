@@ -32,7 +32,7 @@ from whisper_endpoint.engines.base import (
     WindowInput,
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
-from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
+from whisper_endpoint.ipc import PEER_GONE, BatchingSender, MessageSocket, picklable, spawn_child
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _serve(
     conn.send(("ready", (EngineDescription.of(engine), os.getpid())))
 
     def unsent(replies: list[Any], exc: BaseException) -> None:
-        if not isinstance(exc, (OSError, ValueError)):  # a result that does not pickle: its caller learns why
+        if not isinstance(exc, PEER_GONE):  # a result that does not pickle: its caller learns why
             for call_id, _, _ in replies:
                 sender.put((call_id, "error", picklable(exc)))
 
@@ -167,7 +167,7 @@ class ProcessEngine(DescribedEngine):
         return future
 
     def _unsent(self, calls: list[Any], exc: BaseException) -> None:
-        if isinstance(exc, (OSError, ValueError)):
+        if isinstance(exc, PEER_GONE):
             exc = EngineFailedError("the engine process has ended")
         with self._lock:
             futures = [self._pending.pop(call_id, None) for call_id, _, _ in calls]
