@@ -1,14 +1,17 @@
 """How many uploads the HTTP server itself can carry, with an engine that costs nothing.
 
     python -m benchmarks.server_overhead --data DIR [--requests 300] [--concurrency 64] [--profile]
+        [--tokenizer-src FOLDER]
 
 The server runs as it does with vLLM (the engine in a process of its own, uploads decoded and cut at
 silences in front-end worker processes, request threads calling the engine directly), but its engine
 answers each window at once with a finished decode of 100 tokens per 30 s. So the RTFx measured is the
 server's own ceiling on this machine's cores: decoding FLAC, VAD, chunking, moving windows to the engine
 process and back, building segments and responses, HTTP. Uploads are the GPU benchmark's 30 s FLAC files of
-LibriSpeech (every file unique). `--profile` samples the server process's thread stacks
-(`benchmarks/stack_sampler.py`). Not a benchmark of transcription: the engine does no work.
+LibriSpeech (every file unique). `--tokenizer-src` names a folder with Whisper's multilingual
+`tokenizer.json`, for hosts without the bundled model (the GPU hosts). `--profile` samples the server
+process's thread stacks (`benchmarks/stack_sampler.py`). Not a benchmark of transcription: the engine does
+no work.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from whisper_endpoint.engines.base import AlignInput, Alignment, Generation, Sam
 from whisper_endpoint.engines.vllm import VllmEngine  # its capabilities only: vLLM is imported when one starts
 
 PORT = 8191
+TOKENIZER_ENV = "SERVER_OVERHEAD_TOKENIZER"  # read by the server process's engine process
 TOKENS_PER_30S = 100
 
 
@@ -43,7 +47,8 @@ class InstantEngine:
     def __init__(self, settings: Settings) -> None:
         from whisper_endpoint.models import resolve_model
 
-        folder = resolve_model("base", settings.cache_dir).path
+        given = os.environ.get(TOKENIZER_ENV)
+        folder = Path(given) if given else resolve_model("base", settings.cache_dir).path
         self.model_name = "instant"
         self.tokenizer = Tokenizer.from_file(folder / "tokenizer.json", True)
         self.n_mels = 80
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--profile", action="store_true", help="sample the server's thread stacks")
+    parser.add_argument("--tokenizer-src", help="folder with tokenizer.json (default: the bundled base model)")
     parser.add_argument("--serve", type=int, metavar="PORT", help="(internal) run the server on PORT")
     args = parser.parse_args()
     if args.serve:
@@ -128,7 +134,8 @@ def main() -> None:
     if args.profile:
         cmd[1:1] = ["-m", "benchmarks.stack_sampler", str(stacks)]
     url = f"http://127.0.0.1:{PORT}"
-    proc = subprocess.Popen(cmd)
+    env = {**os.environ, TOKENIZER_ENV: str(Path(args.tokenizer_src).resolve())} if args.tokenizer_src else None
+    proc = subprocess.Popen(cmd, env=env)
     rows = []
     try:
         wait_ready(url, proc, 120)
