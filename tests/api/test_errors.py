@@ -116,18 +116,34 @@ def test_api_key(engine: CTranslate2Engine) -> None:
         thread.join(timeout=30)
 
 
-def test_request_id_echoed_and_temp_files_removed(server: RunningServer) -> None:
+def _requests_counted(server: RunningServer, route: str, status: int) -> float:
+    prefix = f'whisper_requests_total{{route="{route}",status="{status}"}} '
+    lines = [line for line in httpx.get(server.url + "/metrics").text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+def test_request_id_echoed_and_temp_files_removed(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
     app = server.server.config.app
     spool_dirs = (
         [app.state.spool_dir]
         if app is not None
         else [p for p in Path(tempfile.gettempdir()).glob("whisper-endpoint-*") if p.is_dir()]
     )
-    response = _post(server, headers={"x-request-id": "abc-123"})
-    assert response.headers["x-request-id"] == "abc-123"
-    _post(server, file=("bad.mp3", b"\x00" * 5000))
+    ok_before = _requests_counted(server, "/audio/transcriptions", 200)
+    bad_before = _requests_counted(server, "/audio/transcriptions", 400)
+    with caplog.at_level("INFO", logger="whisper_endpoint.access"):
+        response = _post(server, headers={"x-request-id": "abc-123"})
+        assert response.headers["x-request-id"] == "abc-123"
+        bad = _post(server, file=("bad.mp3", b"\x00" * 5000), headers={"x-request-id": "bad-1"})
+    assert bad.status_code == 400 and bad.headers["x-request-id"] == "bad-1"  # errors carry it too
+    assert len(httpx.get(server.url + "/nowhere").headers["x-request-id"]) == 32  # made up when not sent
     assert all(not any(d.iterdir()) for d in spool_dirs)
-    assert httpx.get(server.url + "/metrics").text.count("whisper_requests_total") > 0
+    assert _requests_counted(server, "/audio/transcriptions", 200) == ok_before + 1
+    assert _requests_counted(server, "/audio/transcriptions", 400) == bad_before + 1
+    assert _requests_counted(server, "/nowhere", 404) >= 1
+    access = [r.getMessage() for r in caplog.records if r.name == "whisper_endpoint.access"]
+    assert any("request_id=abc-123 " in m and "status=200 audio_s=11.00" in m for m in access), access
+    assert any("request_id=bad-1 " in m and "status=400" in m for m in access), access
 
 
 def test_uploads_of_a_killed_server_are_removed_at_the_next_start(engine: CTranslate2Engine) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import importlib.resources
 import logging
-import math
 import os
 import shutil
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,9 +23,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisper_endpoint import __version__
+from whisper_endpoint.api.middleware import API_PREFIXES, BodyLimitMiddleware, Gatekeeper, error_response
 from whisper_endpoint.api.routes import build_router
 from whisper_endpoint.api.schemas import add_schemas
 from whisper_endpoint.audio.features import log_mel_window
@@ -36,80 +33,21 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.engines import load_engine
 from whisper_endpoint.engines.base import Engine, SamplingOptions, WindowInput, engine_alive
 from whisper_endpoint.errors import (
-    AuthenticationError,
     EngineFailedError,
     NotReadyError,
     ShuttingDownError,
-    UploadTooLargeError,
     WhisperEndpointError,
 )
 from whisper_endpoint.serving.metrics import Metrics
 from whisper_endpoint.serving.service import TranscriptionService
 
 log = logging.getLogger("whisper_endpoint.access")
-API_PREFIXES = ("/v1", "/api/v1")
 PLAYGROUND_CSP = "default-src 'self'; media-src 'self' blob:; img-src 'self' data: blob:; object-src 'none'"
-
-
-def error_response(exc: WhisperEndpointError) -> JSONResponse:
-    body = {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
-    headers = {}
-    retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    if isinstance(exc, AuthenticationError):
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     names = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
     return names[0] if names else None
-
-
-class BodyLimitMiddleware:
-    """413 as soon as an upload passes the limit, while it streams in: nothing larger is buffered."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        too_large = UploadTooLargeError(f"the upload is larger than the {self.max_bytes} byte limit", param="file")
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await error_response(too_large)(scope, receive, send)
-                return
-        received = 0
-        exceeded = False
-
-        async def limited_receive() -> Message:
-            # Past the limit the app sees a disconnect and stops reading; we answer 413 ourselves.
-            nonlocal received, exceeded
-            if exceeded:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    exceeded = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not exceeded:
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded:
-            await error_response(too_large)(scope, receive, send)
 
 
 async def _warm_up(engine: Engine) -> None:
@@ -209,40 +147,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             err.message = f"unknown route {request.method} {request.url.path}"
         return error_response(err)
 
-    @app.middleware("http")
-    async def gatekeeper(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id[:128]
-        started = time.monotonic()
-        path = request.url.path
-        protected = path.startswith(API_PREFIXES)
-        response: Response
-        if protected and settings.api_key and not _authorized(request, settings.api_key):
-            response = error_response(
-                AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
-            )
-        elif protected and request.method == "POST" and app.state.draining:
-            response = error_response(ShuttingDownError("the server is shutting down"))
-        elif protected and request.method == "POST" and not app.state.ready:
-            response = error_response(NotReadyError("the model is still loading"))
-        else:
-            response = await call_next(request)
-        response.headers["x-request-id"] = request.state.request_id
-        route = path if not protected else path.split("/v1", 1)[-1]
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        if protected:
-            job = getattr(request.state, "job", None)
-            log.info(
-                "request_id=%s method=%s path=%s status=%d audio_s=%.2f elapsed_s=%.3f",
-                request.state.request_id,
-                request.method,
-                path,
-                response.status_code,
-                job.info.duration_ms / 1000 if job else 0.0,
-                time.monotonic() - started,
-            )
-        return response
-
+    app.add_middleware(Gatekeeper, settings=settings, metrics=metrics, app_state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
 
     @app.get("/health", tags=["operations"])
@@ -308,9 +213,3 @@ def _invalid(message: str, param: str | None) -> WhisperEndpointError:
     from whisper_endpoint.errors import InvalidRequestError
 
     return InvalidRequestError(message, param=param)
-
-
-def _authorized(request: Request, api_key: str) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())

@@ -1,0 +1,156 @@
+"""The ASGI middleware around every route: the error envelope's response, the upload size limit, and the
+gatekeeper (request ids, API key, readiness, metrics, the access log).
+
+Both are plain ASGI. Starlette's `BaseHTTPMiddleware` (`@app.middleware("http")`) passed every chunk of
+an upload's body through a task group of its own; under load that was a tenth of the server process's
+interpreter time (py-spy), and that one interpreter lock carries every upload (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from whisper_endpoint.config import Settings
+from whisper_endpoint.errors import (
+    AuthenticationError,
+    NotReadyError,
+    ShuttingDownError,
+    UploadTooLargeError,
+    WhisperEndpointError,
+)
+from whisper_endpoint.serving.metrics import Metrics
+
+log = logging.getLogger("whisper_endpoint.access")
+API_PREFIXES = ("/v1", "/api/v1")
+MAX_REQUEST_ID_CHARS = 128
+
+
+def error_response(exc: WhisperEndpointError) -> JSONResponse:
+    body = {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
+    headers = {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+class BodyLimitMiddleware:
+    """413 as soon as an upload passes the limit, while it streams in: nothing larger is buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        too_large = UploadTooLargeError(f"the upload is larger than the {self.max_bytes} byte limit", param="file")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await error_response(too_large)(scope, receive, send)
+                return
+        received = 0
+        exceeded = False
+
+        async def limited_receive() -> Message:
+            # Past the limit the app sees a disconnect and stops reading; we answer 413 ourselves.
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await error_response(too_large)(scope, receive, send)
+
+
+class Gatekeeper:
+    """Gives each request an id (the client's `x-request-id`, or a new one) that routes read as
+    `request.state.request_id` and every response carries back; answers API requests that lack the key,
+    or come while the server starts or drains, itself; counts every response and logs each API request."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, app_state: Any) -> None:
+        self.app = app
+        self.api_key = settings.api_key
+        self.metrics = metrics
+        self.app_state = app_state  # FastAPI's app.state: `ready` and `draining` change while serving
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = (headers.get("x-request-id") or uuid.uuid4().hex)[:MAX_REQUEST_ID_CHARS]
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.monotonic()
+        path: str = scope["path"]
+        protected = path.startswith(API_PREFIXES)
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append("x-request-id", request_id)
+            await send(message)
+
+        refusal = self._refusal(scope["method"], headers) if protected else None
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send_with_id)
+        else:
+            await self.app(scope, receive, send_with_id)
+        route = path if not protected else path.split("/v1", 1)[-1]
+        self.metrics.requests.labels(route, str(status)).inc()
+        if protected:
+            job = state.get("job")
+            log.info(
+                "request_id=%s method=%s path=%s status=%d audio_s=%.2f elapsed_s=%.3f",
+                request_id,
+                scope["method"],
+                path,
+                status,
+                job.info.duration_ms / 1000 if job else 0.0,
+                time.monotonic() - started,
+            )
+
+    def _refusal(self, method: str, headers: Headers) -> WhisperEndpointError | None:
+        if self.api_key and not _authorized(headers, self.api_key):
+            return AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
+        if method == "POST" and self.app_state.draining:
+            return ShuttingDownError("the server is shutting down")
+        if method == "POST" and not self.app_state.ready:
+            return NotReadyError("the model is still loading")
+        return None
+
+
+def _authorized(headers: Headers, api_key: str) -> bool:
+    header = headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
