@@ -76,26 +76,53 @@ def test_exceptions_that_do_not_pickle_keep_their_text() -> None:
 
 
 class _ShortSendSocket:
-    """Sends only the first 5 bytes in sendmsg, as a send cut short by a signal does."""
+    """Its first sends are cut short (5, 5, then 400 bytes: into the first array), as a signal cuts a send;
+    then it sends what it is given. Counts the most parts one call was given."""
 
     def __init__(self, peer: socket.socket) -> None:
         self.peer = peer
+        self.cuts = [5, 5, 400]
+        self.most_parts = 0
 
-    def sendmsg(self, parts: list[bytes]) -> int:
-        self.peer.sendall(b"".join(parts)[:5])
-        return 5
-
-    def sendall(self, data: memoryview) -> None:
-        self.peer.sendall(data)
+    def sendmsg(self, parts: list[memoryview]) -> int:
+        self.most_parts = max(self.most_parts, len(parts))
+        if not self.cuts:
+            return self.peer.sendmsg(parts)
+        sent = b"".join(parts)[: self.cuts.pop(0)]
+        self.peer.sendall(sent)
+        return len(sent)
 
 
 def test_a_send_cut_short_sends_the_rest() -> None:
     left, right = socket.socketpair()
     right.settimeout(10)  # a missing rest fails the test instead of hanging it
-    sender = MessageSocket(_ShortSendSocket(left))  # type: ignore[arg-type]
-    receiver = MessageSocket(right)
-    sender.send({"samples": np.arange(1000, dtype=np.float32)})
-    assert np.array_equal(receiver.recv()["samples"], np.arange(1000, dtype=np.float32))
+    short = _ShortSendSocket(left)
+    sender, receiver = MessageSocket(short), MessageSocket(right)  # type: ignore[arg-type]
+    message = {"samples": np.arange(1000, dtype=np.float32), "odd": np.arange(3, dtype=np.int16), "text": "x" * 99}
+    sender.send(message)
+    got = receiver.recv()
+    assert np.array_equal(got["samples"], message["samples"]) and np.array_equal(got["odd"], message["odd"])
+    assert got["text"] == message["text"] and short.most_parts > 1  # the arrays went as parts of their own
+    left.close()
+    receiver.close()
+
+
+def test_many_arrays_cross_intact_aligned_and_in_more_sends_than_one() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.settimeout(10)
+    right.settimeout(10)
+    sender, receiver = MessageSocket(left), MessageSocket(right)
+    rng = np.random.default_rng(1)
+    dtypes = (np.float32, np.int16, np.float64, np.uint8)
+    arrays = [rng.normal(size=i % 7).astype(dtypes[i % 4]) for i in range(1500)]  # 3,000 parts with padding
+    strided = np.arange(20, dtype=np.float32)[::2]  # not contiguous: pickled in band
+    thread = threading.Thread(target=sender.send, args=((arrays, strided),))
+    thread.start()
+    got, got_strided = receiver.recv()
+    thread.join(timeout=10)
+    assert len(got) == len(arrays)
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, arrays, strict=True))
+    assert all(a.flags.aligned for a in got) and np.array_equal(got_strided, strided)
     left.close()
     receiver.close()
 

@@ -5,7 +5,12 @@ interpreter lock for each read; in a process whose other threads are busy in Pyt
 waits for the lock again (up to the 5 ms switch interval). A 30 s window of samples (1.9 MB) took
 about 150 ms to arrive that way with one busy thread (benchmarks/pipe_convoy.py). A stream socket
 hands over a whole message in one call each way (`MSG_WAITALL` on receive; a blocking send of a
-Unix socket returns when all is sent), so the lock is given up and retaken twice per message.
+Unix socket returns when all is sent), so the lock is given up and retaken a few times per message.
+
+Arrays travel out of band (pickle protocol 5): the sender's socket reads them where they lie, and the
+receiver's arrays are views of the one buffer the message arrived in. Pickling them in band copied every
+window's samples twice under the interpreter lock (into the pickle, out of it), in the server process
+whose one lock carries every upload (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from typing import Any
 
 from whisper_endpoint.errors import WhisperEndpointError
 
-_HEADER = struct.Struct("!Q")  # payload length in bytes
+_HEADER = struct.Struct("!QI")  # the pickle's length in bytes, how many out-of-band buffers follow it
+# (then each buffer's length, 8 bytes each; then the pickle; then the buffers)
+BUFFER_ALIGN_BYTES = 16  # each buffer starts at such an offset in the message, as numpy's allocations do
+MAX_PARTS_PER_SEND = 512  # under the kernel's limit on the pieces of one sendmsg (IOV_MAX, 1024 on Linux)
 _PR_SET_NAME = 15  # prctl's option that names the calling thread (linux/prctl.h)
 
 
@@ -43,16 +51,43 @@ class MessageSocket:
         return cls(left), cls(right)
 
     def send(self, message: object) -> None:
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        header = _HEADER.pack(len(payload))
-        sent = self._sock.sendmsg([header, payload])  # no joined copy: a message can be 100 MB of chunks
-        if sent < len(header) + len(payload):  # a signal cut the send short: the rest, at the cost of a copy
-            self._sock.sendall(memoryview(header + payload)[sent:])
+        buffers: list[pickle.PickleBuffer] = []
+        payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+        views = [b.raw() for b in buffers]
+        lengths = [v.nbytes for v in views]
+        parts: list[memoryview | bytes] = [
+            _HEADER.pack(len(payload), len(views)),
+            struct.pack(f"!{len(lengths)}Q", *lengths),
+            payload,
+        ]
+        end = len(payload)
+        for offset, view in zip(_buffer_offsets(len(payload), lengths), views, strict=True):
+            parts += [bytes(offset - end), view]
+            end = offset + view.nbytes
+        self._send_parts(parts)
+
+    def _send_parts(self, parts: list[memoryview | bytes]) -> None:
+        """Every byte of `parts`, in order, with no joined copy: a message can be 100 MB of chunks. More
+        than one call where a signal cuts a send short or there are more parts than one call takes."""
+        views = [memoryview(p) for p in parts if len(p)]
+        first = 0
+        while first < len(views):
+            sent = self._sock.sendmsg(views[first : first + MAX_PARTS_PER_SEND])
+            while sent:
+                if sent >= views[first].nbytes:
+                    sent -= views[first].nbytes
+                    first += 1
+                else:
+                    views[first] = views[first][sent:]
+                    sent = 0
 
     def recv(self) -> Any:
         """The next message; EOFError once the other end has closed."""
-        (size,) = _HEADER.unpack(self._recv_exactly(_HEADER.size))
-        return pickle.loads(self._recv_exactly(size))
+        size, count = _HEADER.unpack(self._recv_exactly(_HEADER.size))
+        lengths = list(struct.unpack(f"!{count}Q", self._recv_exactly(8 * count))) if count else []
+        offsets = _buffer_offsets(size, lengths)
+        body = memoryview(self._recv_exactly(offsets[-1] + lengths[-1] if count else size))
+        return pickle.loads(body[:size], buffers=[body[o : o + n] for o, n in zip(offsets, lengths, strict=True)])
 
     def _recv_exactly(self, size: int) -> bytearray:
         buffer = bytearray(size)
@@ -72,6 +107,16 @@ class MessageSocket:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def _buffer_offsets(pickle_bytes: int, lengths: list[int]) -> list[int]:
+    """Where each out-of-band buffer starts in a message's body, after the pickle, each aligned."""
+    offsets, end = [], pickle_bytes
+    for length in lengths:
+        start = -(-end // BUFFER_ALIGN_BYTES) * BUFFER_ALIGN_BYTES
+        offsets.append(start)
+        end = start + length
+    return offsets
 
 
 _NOTHING = object()
