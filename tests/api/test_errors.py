@@ -140,7 +140,10 @@ def test_request_id_echoed_and_temp_files_removed(server: RunningServer, caplog:
     assert all(not any(d.iterdir()) for d in spool_dirs)
     assert _requests_counted(server, "/audio/transcriptions", 200) == ok_before + 1
     assert _requests_counted(server, "/audio/transcriptions", 400) == bad_before + 1
-    assert _requests_counted(server, "/nowhere", 404) >= 1
+    assert _requests_counted(server, "unmatched", 404) >= 1
+    for n in range(3):  # unknown paths share one series, or any client could grow the metrics without bound
+        assert httpx.get(f"{server.url}/v1/nowhere-{n}").status_code == 404
+    assert "nowhere" not in httpx.get(server.url + "/metrics").text
     access = [r.getMessage() for r in caplog.records if r.name == "whisper_endpoint.access"]
     assert any("request_id=abc-123 " in m and "status=200 audio_s=11.00" in m for m in access), access
     assert any("request_id=bad-1 " in m and "status=400" in m for m in access), access

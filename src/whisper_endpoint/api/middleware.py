@@ -126,8 +126,7 @@ class Gatekeeper:
             await error_response(refusal)(scope, receive, send_with_id)
         else:
             await self.app(scope, receive, send_with_id)
-        route = path if not protected else path.split("/v1", 1)[-1]
-        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.requests.labels(_route_label(scope), str(status)).inc()
         if protected:
             job = state.get("job")
             log.info(
@@ -148,6 +147,13 @@ class Gatekeeper:
         if method == "POST" and not self.app_state.ready:
             return NotReadyError("the model is still loading")
         return None
+
+
+def _route_label(scope: Scope) -> str:
+    """The matched route's path ("/audio/transcriptions" under either API prefix), or "unmatched": a label
+    per path asked for would let any client grow the metrics without bound."""
+    path: str = getattr(scope.get("route"), "path", "") or "unmatched"
+    return path.split("/v1", 1)[-1] if path.startswith(API_PREFIXES) else path
 
 
 def _authorized(headers: Headers, api_key: str) -> bool:
