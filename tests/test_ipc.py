@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from whisper_endpoint.errors import AudioDecodeError, WhisperEndpointError
-from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
+from whisper_endpoint.ipc import MAX_PARTS_PER_SEND, BatchingSender, MessageSocket, picklable, spawn_child
 
 
 def _echo_doubled(conn: MessageSocket) -> None:
@@ -76,15 +76,17 @@ def test_exceptions_that_do_not_pickle_keep_their_text() -> None:
 
 
 class _ShortSendSocket:
-    """Its first sends are cut short (5, 5, then 400 bytes: into the first array), as a signal cuts a send;
-    then it sends what it is given. Counts the most parts one call was given."""
+    """Its first sends are cut short to `cuts` bytes each, as a signal cuts a send; then it sends what it is
+    given. Counts its calls and the most parts one call was given."""
 
-    def __init__(self, peer: socket.socket) -> None:
+    def __init__(self, peer: socket.socket, cuts: list[int]) -> None:
         self.peer = peer
-        self.cuts = [5, 5, 400]
+        self.cuts = cuts
+        self.calls = 0
         self.most_parts = 0
 
     def sendmsg(self, parts: list[memoryview]) -> int:
+        self.calls += 1
         self.most_parts = max(self.most_parts, len(parts))
         if not self.cuts:
             return self.peer.sendmsg(parts)
@@ -96,7 +98,7 @@ class _ShortSendSocket:
 def test_a_send_cut_short_sends_the_rest() -> None:
     left, right = socket.socketpair()
     right.settimeout(10)  # a missing rest fails the test instead of hanging it
-    short = _ShortSendSocket(left)
+    short = _ShortSendSocket(left, [5, 5, 400])  # the third cut falls inside the first array
     sender, receiver = MessageSocket(short), MessageSocket(right)  # type: ignore[arg-type]
     message = {"samples": np.arange(1000, dtype=np.float32), "odd": np.arange(3, dtype=np.int16), "text": "x" * 99}
     sender.send(message)
@@ -111,7 +113,8 @@ def test_many_arrays_cross_intact_aligned_and_in_more_sends_than_one() -> None:
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     left.settimeout(10)
     right.settimeout(10)
-    sender, receiver = MessageSocket(left), MessageSocket(right)
+    counted = _ShortSendSocket(left, [])
+    sender, receiver = MessageSocket(counted), MessageSocket(right)  # type: ignore[arg-type]
     rng = np.random.default_rng(1)
     dtypes = (np.float32, np.int16, np.float64, np.uint8)
     arrays = [rng.normal(size=i % 7).astype(dtypes[i % 4]) for i in range(1500)]  # 3,000 parts with padding
@@ -123,6 +126,7 @@ def test_many_arrays_cross_intact_aligned_and_in_more_sends_than_one() -> None:
     assert len(got) == len(arrays)
     assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, arrays, strict=True))
     assert all(a.flags.aligned for a in got) and np.array_equal(got_strided, strided)
+    assert counted.calls > 1 and counted.most_parts <= MAX_PARTS_PER_SEND
     left.close()
     receiver.close()
 
