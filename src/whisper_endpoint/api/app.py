@@ -148,6 +148,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return error_response(err)
 
     app.add_middleware(Gatekeeper, settings=settings, metrics=metrics, app_state=app.state)
+    # Added last, so outermost: an upload over the limit is refused before anything else reads it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
 
     @app.get("/health", tags=["operations"])

@@ -13,10 +13,9 @@ import logging
 import math
 import time
 import uuid
-from typing import Any
 
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisper_endpoint.config import Settings
@@ -95,7 +94,7 @@ class Gatekeeper:
     `request.state.request_id` and every response carries back; answers API requests that lack the key,
     or come while the server starts or drains, itself; counts every response and logs each API request."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, app_state: Any) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, app_state: State) -> None:
         self.app = app
         self.api_key = settings.api_key
         self.metrics = metrics
