@@ -38,6 +38,14 @@ def tiny_engine() -> CTranslate2Engine:
     return CTranslate2Engine.from_settings(Settings(model="tiny.en"))
 
 
+def metric_value(metrics: str, series: str) -> float:
+    """A sample's value in Prometheus' text format (`series`: the name with its labels, as printed); 0 if absent."""
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

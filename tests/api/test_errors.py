@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import JFK, RunningServer, start_server
+from tests.conftest import JFK, RunningServer, metric_value, start_server
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
@@ -117,9 +117,8 @@ def test_api_key(engine: CTranslate2Engine) -> None:
 
 
 def _requests_counted(server: RunningServer, route: str, status: int) -> float:
-    prefix = f'whisper_requests_total{{route="{route}",status="{status}"}} '
-    lines = [line for line in httpx.get(server.url + "/metrics").text.splitlines() if line.startswith(prefix)]
-    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+    metrics = httpx.get(server.url + "/metrics").text
+    return metric_value(metrics, f'whisper_requests_total{{route="{route}",status="{status}"}}')
 
 
 def test_request_id_echoed_and_temp_files_removed(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.conftest import free_port, metric_value
 from whisper_endpoint.bench import wait_ready
 
 
@@ -21,10 +21,7 @@ class ServerProcess:
         self.url = url
 
     def metric(self, name: str) -> float:
-        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
-            if line.startswith(f"{name} "):
-                return float(line.split()[1])
-        return 0.0
+        return metric_value(httpx.get(f"{self.url}/metrics", timeout=10).text, name)
 
     def status_kib(self, field: str) -> int:
         """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import JFK, RunningServer, start_server
+from tests.conftest import JFK, RunningServer, metric_value, start_server
 from tests.datasets import DATA, english_normalizer
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.base import Capabilities, Generation, SamplingOptions, WindowInput
@@ -195,6 +195,9 @@ def test_flood_gets_429_with_retry_after_never_5xx(engine: CTranslate2Engine) ->
         thread.join(timeout=60)
 
 
+CANCELLED = "whisper_cancelled_requests_total"
+
+
 def test_disconnect_cancels_the_work(server: RunningServer) -> None:
     long_file = DATA / "C_longform" / "ljspeech_LJ001-0001_to_0032_concat.flac"
     before = httpx.get(server.url + "/metrics").text
@@ -204,18 +207,11 @@ def test_disconnect_cancels_the_work(server: RunningServer) -> None:
     while time.monotonic() < deadline:
         metrics = httpx.get(server.url + "/metrics").text
         if (
-            _value(metrics, "whisper_cancelled_requests_total") > _value(before, "whisper_cancelled_requests_total")
-            and _value(metrics, "whisper_requests_inflight") == 0
+            metric_value(metrics, CANCELLED) > metric_value(before, CANCELLED)
+            and metric_value(metrics, "whisper_requests_inflight") == 0
         ):
             break
         time.sleep(0.5)
-    assert _value(metrics, "whisper_cancelled_requests_total") > _value(before, "whisper_cancelled_requests_total")
-    assert _value(metrics, "whisper_requests_inflight") == 0
-    assert _value(metrics, "whisper_queue_windows") == 0
-
-
-def _value(metrics: str, name: str) -> float:
-    for line in metrics.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    assert metric_value(metrics, CANCELLED) > metric_value(before, CANCELLED)
+    assert metric_value(metrics, "whisper_requests_inflight") == 0
+    assert metric_value(metrics, "whisper_queue_windows") == 0
