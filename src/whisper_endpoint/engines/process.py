@@ -141,9 +141,7 @@ class ProcessEngine(DescribedEngine):
                 replies = self._conn.recv()  # a list of (call id, status, payload)
             except (EOFError, OSError):
                 break
-            with self._lock:
-                futures = [self._pending.pop(call_id, None) for call_id, _, _ in replies]
-            for future, (_, status, payload) in zip(futures, replies, strict=True):
+            for future, (_, status, payload) in zip(self._take(replies), replies, strict=True):
                 if future is None:
                     continue
                 if status == "ok":
@@ -169,11 +167,15 @@ class ProcessEngine(DescribedEngine):
     def _unsent(self, calls: list[Any], exc: BaseException) -> None:
         if isinstance(exc, PEER_GONE):
             exc = EngineFailedError("the engine process has ended")
-        with self._lock:
-            futures = [self._pending.pop(call_id, None) for call_id, _, _ in calls]
-        for future in futures:
+        for future in self._take(calls):
             if future is not None:
                 future.set_exception(exc)
+
+    def _take(self, calls: list[Any]) -> list[Future[Any] | None]:
+        """The futures of these calls or replies (each led by its call id), no longer pending; None for one
+        already settled."""
+        with self._lock:
+            return [self._pending.pop(call_id, None) for call_id, _, _ in calls]
 
     def _call(self, method: str, items: Sequence[Any], *rest: Any) -> list[Any]:
         parts = [items[i : i + MAX_WINDOWS_PER_MESSAGE] for i in range(0, len(items), MAX_WINDOWS_PER_MESSAGE)]
