@@ -9,6 +9,7 @@ import enum
 import importlib.util
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -290,7 +291,7 @@ def test_driver_thread_batches_concurrent_callers_and_isolates_bad_inputs() -> N
     results: list[int] = []
 
     def caller() -> None:
-        results.append(len(driver.submit([{}] * 10, [None] * 10)))
+        results.append(len(driver.submit([{}] * 10, [None] * 10, dict)))
 
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for t in threads:
@@ -301,8 +302,8 @@ def test_driver_thread_batches_concurrent_callers_and_isolates_bad_inputs() -> N
     assert fake.max_running == 40  # windows of all four callers joined the running batch
     assert (driver.stats.added, driver.stats.finished) == (40, 40)
     with pytest.raises(ValueError, match="bad input"):
-        driver.submit([{"bad": True}], [None])
-    assert len(driver.submit([{}], [None])) == 1  # the driver survived the bad request
+        driver.submit([{"bad": True}], [None], dict)
+    assert len(driver.submit([{}], [None], dict)) == 1  # the driver survived the bad request
     driver.close()
     assert not driver.thread.is_alive()
 
@@ -313,7 +314,8 @@ def test_driver_reports_how_full_the_batch_was(caplog: pytest.LogCaptureFixture)
     fake = FakeLLMEngine(steps_per_request=4, hold_first_step_until=8)
     driver = EngineDriver(fake, stats_interval_s=0)  # a report after every step
     with caplog.at_level("INFO", logger="whisper_endpoint.engines.vllm_driver"):
-        assert len(driver.submit([{}] * 8, [None] * 8)) == 8
+        assert len(driver.submit([{}] * 8, [None] * 8, dict)) == 8
     driver.close()
     reports = [r.getMessage() for r in caplog.records if "windows per step" in r.getMessage()]
     assert reports and reports[-1].startswith("vLLM engine: 8 windows per step")  # all 8 ran in each step
+    assert re.search(r", \d+ ms a second adding windows$", reports[-1])

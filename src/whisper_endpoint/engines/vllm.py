@@ -1,8 +1,9 @@
 """The GPU engine: Whisper on vLLM (bf16 compute, fp8 KV cache, torch.compile, CUDA graphs).
 
-vLLM computes log-mel itself from each window's samples; decoder prompts are built by our tokenizer
-(`<|startofprev|>`, the SOT sequence, timestamps on), and generated timestamp tokens come back raw.
-Windows go to vLLM through one driver thread (`vllm_driver`): continuous batching across requests.
+Each window's log-mel is computed from its samples in the calling thread and handed to vLLM as its processed
+input (`vllm_inputs`); decoder prompts are built by our tokenizer (`<|startofprev|>`, the SOT sequence,
+timestamps on), and generated timestamp tokens come back raw. Windows go to vLLM through one driver thread
+(`vllm_driver`): continuous batching across requests.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.config import Settings
 from whisper_endpoint.convert import convert
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import AlignInput, Alignment, Capabilities, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.engines.vllm_driver import EngineDriver
+from whisper_endpoint.engines.vllm_inputs import FeatureInputs, audio_prompt, check_window, torch_log_mel
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
 from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
 
@@ -89,13 +90,11 @@ def choose_settings(settings: Settings, capability: tuple[int, int] | None, load
 
 
 def engine_prompt(window: WindowInput) -> dict[str, Any]:
-    """vLLM's explicit encoder/decoder prompt: the window's audio, and our decoder tokens as they are."""
+    """vLLM's explicit encoder/decoder prompt (for its own input processing): the window's audio, and our
+    decoder tokens."""
     if window.samples is None:
         raise ValueError("the vLLM engine needs each window's samples")
-    return {
-        "encoder_prompt": {"prompt": "", "multi_modal_data": {"audio": (window.samples, SAMPLE_RATE)}},
-        "decoder_prompt": {"prompt_token_ids": list(window.prompt)},
-    }
+    return audio_prompt(window.samples, window.prompt)
 
 
 def sampling_kwargs(
@@ -318,13 +317,34 @@ class VllmEngine:
         llm = LLM(**args)
         self._llm = llm
         self._driver = EngineDriver(llm.llm_engine)
+        self._inputs: FeatureInputs | None = None  # vLLM's own input processing, until ours passes its check
+        self._use_feature_inputs(llm.llm_engine.input_processor.input_preprocessor, chosen.dtype)
 
-    def _submit(self, prompts: Sequence[dict[str, Any]], kwargs: Sequence[dict[str, Any]]) -> list[Any]:
+    def _use_feature_inputs(self, preprocessor: Any, dtype: str) -> None:
+        """Windows with our log-mel from now on, where it matches vLLM's and a window so made decodes."""
+        import torch
+
+        extract = torch_log_mel(self.n_mels)
+        self._inputs = FeatureInputs.from_vllm(preprocessor, self.tokenizer.sot, extract, getattr(torch, dtype))
+        if self._inputs is None:
+            return
+        try:
+            self.detect_language([WindowInput(None, (), 30_000, check_window())])
+        except Exception:
+            log.warning("a window with our log-mel failed in vLLM; vLLM computes the log-mel", exc_info=True)
+            self._inputs = None
+
+    def _engine_input(self, window: WindowInput) -> dict[str, Any]:
+        if self._inputs is None or window.samples is None:
+            return engine_prompt(window)
+        return self._inputs.build(window.samples, window.prompt)
+
+    def _submit(self, windows: Sequence[WindowInput], kwargs: Sequence[dict[str, Any]]) -> list[Any]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         params = [SamplingParams(**kw, output_kind=RequestOutputKind.FINAL_ONLY) for kw in kwargs]
-        return self._driver.submit(prompts, params)
+        return self._driver.submit(windows, params, self._engine_input)
 
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         if options.beam_size > 1:
@@ -332,7 +352,7 @@ class VllmEngine:
         kwargs = [
             sampling_kwargs(options, len(w.prompt), self._forced(w), self.scores, self.model_suppress) for w in windows
         ]
-        outputs = self._submit([engine_prompt(w) for w in windows], kwargs)
+        outputs = self._submit(windows, kwargs)
         generations = []
         for window, output in zip(windows, outputs, strict=True):
             completion = output.outputs[0]
@@ -361,9 +381,7 @@ class VllmEngine:
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
         allowed = list(self.tokenizer.language_tokens.values())
         kwargs = {"temperature": 0.0, "max_tokens": 1, "logprobs": LANGUAGE_TOP_K, "allowed_token_ids": allowed}
-        prompts = [
-            engine_prompt(WindowInput(w.features, (self.tokenizer.sot,), w.duration_ms, w.samples)) for w in windows
-        ]
+        prompts = [WindowInput(None, (self.tokenizer.sot,), w.duration_ms, w.samples) for w in windows]
         outputs = self._submit(prompts, [kwargs] * len(prompts))
         return [language_probabilities(o.outputs[0].logprobs, self.tokenizer) for o in outputs]
 

@@ -2,7 +2,7 @@
 
 Windows submitted by any caller join the running batch (continuous batching across requests). Driving
 vLLM's `LLMEngine` from one thread measured 3x faster than `AsyncLLM`'s asyncio front-end on 30 s windows
-(docs/benchmarks.md). Callers prepare their windows' inputs (vLLM's log-mel) in their own threads, so the
+(docs/benchmarks.md). Callers prepare their windows' inputs (the log-mel) in their own threads, so the
 driver only adds and steps. Every STATS_INTERVAL_S while busy it logs how full vLLM's batch was: with too
 few windows in flight the GPU idles, whatever the engine's own speed.
 """
@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,7 @@ class DriverStats:
     steps: int = 0
     running_sum: int = 0
     step_s: float = 0.0
+    add_s: float = 0.0  # handing windows to vLLM: with step_s, where the driver's second went
 
     def line(self, seconds: float) -> str:
         per_step = self.running_sum / self.steps if self.steps else 0.0
@@ -44,7 +45,7 @@ class DriverStats:
         return (
             f"vLLM engine: {per_step:.0f} windows per step on average, {self.added / seconds:.1f} added and "
             f"{self.finished / seconds:.1f} finished per second, {self.steps / seconds:.0f} steps per second "
-            f"({step_ms:.1f} ms in each)"
+            f"({step_ms:.1f} ms in each), {1000 * self.add_s / seconds:.0f} ms a second adding windows"
         )
 
 
@@ -61,13 +62,15 @@ class EngineDriver:
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, prompts: Sequence[dict[str, Any]], params: Sequence[Any]) -> list[Any]:
-        """vLLM's final output for each prompt; a bad input fails its own window only."""
+    def submit(self, windows: Sequence[Any], params: Sequence[Any], prepare: Callable[[Any], Any]) -> list[Any]:
+        """vLLM's final output for each window, whose prompt (or processed input) `prepare(window)` makes in
+        this thread; a bad input fails its own window only."""
         futures: list[Future[Any]] = []
-        for prompt, p in zip(prompts, params, strict=True):
+        for window, p in zip(windows, params, strict=True):
             future: Future[Any] = Future()
             try:
                 with self._preparing:
+                    prompt = prepare(window)
                     request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
             except Exception as exc:
                 future.set_exception(exc)
@@ -85,6 +88,7 @@ class EngineDriver:
         reported = time.monotonic()
         while True:
             item = self._inbox.get() if not running else self._next_nowait()
+            adding = time.monotonic()
             while item is not None:
                 if item is _STOP:
                     for future in running.values():
@@ -98,9 +102,10 @@ class EngineDriver:
                 except Exception as exc:  # a bad input fails its own request only
                     future.set_exception(exc)
                 item = self._next_nowait()
+            started = time.monotonic()
+            self.stats.add_s += started - adding
             if not running:
                 continue
-            started = time.monotonic()
             try:
                 outputs = self._engine.step()
             except Exception as exc:

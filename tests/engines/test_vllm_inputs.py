@@ -1,0 +1,148 @@
+"""Windows as vLLM's processed inputs with our log-mel (engines/vllm_inputs.py).
+
+vLLM and torch are not installed here: vLLM's input preprocessor is stood in for by one that computes its
+features with faster-whisper's extractor (Hugging Face's algorithm, written independently of ours), and the
+few vLLM and torch names the inputs are built from by plain containers. On a GPU the same check runs against
+vLLM's own extractor when the engine starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from faster_whisper.feature_extractor import FeatureExtractor
+
+from tests.conftest import JFK
+from whisper_endpoint.audio.decode import AudioSource, load_audio
+from whisper_endpoint.audio.features import WINDOW_FRAMES, WINDOW_SAMPLES, log_mel_window
+from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
+from whisper_endpoint.engines.vllm_inputs import FeatureInputs, check_window
+
+
+@dataclass
+class Tensor:
+    """The part of a torch tensor the inputs use: its values and dtype."""
+
+    values: np.ndarray
+    dtype: str = "float32"
+
+    def float(self) -> Tensor:
+        return Tensor(self.values.astype(np.float32))
+
+    def numpy(self) -> np.ndarray:
+        return self.values
+
+    def to(self, dtype: str) -> Tensor:
+        return Tensor(self.values, dtype)
+
+
+@dataclass
+class FieldElem:
+    data: Tensor
+    field: str
+
+
+class KwargsItem(dict[str, Any]):
+    pass
+
+
+class KwargsItems(dict[str, Any]):
+    pass
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = ModuleType("torch")
+    torch.from_numpy = Tensor  # type: ignore[attr-defined]
+    torch.finfo = lambda dtype: SimpleNamespace(eps={"float32": 2.0**-23, "bfloat16": 2.0**-7}[dtype])  # type: ignore[attr-defined]
+    inputs = ModuleType("vllm.multimodal.inputs")
+    inputs.MultiModalFieldElem = FieldElem  # type: ignore[attr-defined]
+    inputs.MultiModalKwargsItem = KwargsItem  # type: ignore[attr-defined]
+    inputs.MultiModalKwargsItems = KwargsItems  # type: ignore[attr-defined]
+    for name, module in {
+        "torch": torch,
+        "vllm": ModuleType("vllm"),
+        "vllm.multimodal": ModuleType("vllm.multimodal"),
+        "vllm.multimodal.inputs": inputs,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def numpy_log_mel(samples: np.ndarray) -> Tensor:
+    """The log-mel the inputs carry, from audio/features.py (on a GPU, torch computes the same; checked at start)."""
+    return Tensor(log_mel_window(samples, 128))
+
+
+def bf16_rounded(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bf16's 8 bits of precision (to nearest, ties to even), as float32."""
+    bits = values.astype(np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+class Preprocessor:
+    """vLLM's processing of an explicit encoder/decoder prompt, in the shape vLLM 0.26 returns it."""
+
+    def __init__(self, n_mels: int = 128, offset: float = 0.0, shape: str = "vllm-0.26", bf16: bool = False) -> None:
+        self.extractor = FeatureExtractor(feature_size=n_mels)
+        self.offset, self.shape, self.bf16 = offset, shape, bf16
+
+    def preprocess(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        samples, _ = prompt["encoder_prompt"]["multi_modal_data"]["audio"]
+        padded = np.concatenate([samples, np.zeros(WINDOW_SAMPLES - len(samples), np.float32)])
+        features = self.extractor(padded, padding=0)[:, :WINDOW_FRAMES] + self.offset
+        tensor = Tensor(bf16_rounded(features), "bfloat16") if self.bf16 else Tensor(features)
+        item = KwargsItem(input_features=FieldElem(tensor, "batched over windows"))
+        decoder = {
+            "type": "multimodal",
+            "prompt_token_ids": prompt["decoder_prompt"]["prompt_token_ids"],
+            "mm_kwargs": KwargsItems(audio=[item]),
+            "mm_hashes": {"audio": ["a hash of the samples"]},
+            "mm_placeholders": {"audio": ["positions 0 to 1500"]},
+        }
+        if self.shape != "vllm-0.26":
+            decoder.pop("mm_kwargs")
+        encoder = {"type": "token", "prompt_token_ids": [0] * 1500}
+        return {"type": "enc_dec", "encoder_prompt": encoder, "decoder_prompt": decoder, "arrival_time": 12.5}
+
+
+def test_windows_carry_our_log_mel_and_our_prompt_exactly(engine: CTranslate2Engine, fake_vllm: None) -> None:
+    tokenizer = engine.tokenizer
+    # vLLM 0.26 hands over its features rounded to bf16 already: a match, as the same features unrounded
+    assert FeatureInputs.from_vllm(Preprocessor(bf16=True), tokenizer.sot, numpy_log_mel, "bfloat16") is not None
+    inputs = FeatureInputs.from_vllm(Preprocessor(), tokenizer.sot, numpy_log_mel, "bfloat16")
+    assert inputs is not None  # our features of the check window match the other extractor's
+    audio = load_audio(AudioSource(JFK))
+    previous = tokenizer.encode(" And so, my fellow Americans")
+    prompt = (tokenizer.sot_prev, *previous, *tokenizer.sot_sequence("en", "transcribe", True))
+    built = inputs.build(audio, prompt)
+    decoder = built["decoder_prompt"]
+    assert decoder["prompt_token_ids"] == list(prompt)  # no <|startoftranscript|> put before <|startofprev|>
+    element = decoder["mm_kwargs"]["audio"][0]["input_features"]
+    assert np.array_equal(element.data.values, log_mel_window(audio, 128)) and element.data.dtype == "bfloat16"
+    assert element.field == "batched over windows"  # batched as vLLM batches its own
+    assert built["encoder_prompt"] == {"type": "token", "prompt_token_ids": [0] * 1500}
+    assert decoder["mm_placeholders"] == {"audio": ["positions 0 to 1500"]}
+    assert "arrival_time" not in built  # vLLM stamps each window when it takes it
+    again = inputs.build(audio, prompt)["decoder_prompt"]["mm_hashes"]["audio"]
+    assert again != decoder["mm_hashes"]["audio"]  # vLLM keeps encoder outputs by it: one per window
+    assert inputs.build(check_window(), (tokenizer.sot,))["decoder_prompt"]["prompt_token_ids"] == [tokenizer.sot]
+
+
+@pytest.mark.parametrize(
+    "preprocessor",
+    [Preprocessor(n_mels=80), Preprocessor(offset=0.02, bf16=True), Preprocessor(shape="another vLLM")],
+    ids=["other mel bins", "other values", "other shape"],
+)
+def test_features_unlike_vllms_keep_its_own_processing(
+    engine: CTranslate2Engine, preprocessor: Preprocessor, caplog: pytest.LogCaptureFixture, fake_vllm: None
+) -> None:
+    tokenizer = engine.tokenizer
+    with caplog.at_level("WARNING", logger="whisper_endpoint.engines.vllm_inputs"):
+        assert FeatureInputs.from_vllm(preprocessor, tokenizer.sot, numpy_log_mel, "bfloat16") is None
+    assert "vLLM computes the log-mel" in caplog.text
