@@ -160,7 +160,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 dumps = Path(args.out) / f"py-spy-{file_label(system)}-{name}-{level}.txt"  # one per system
                 marks = {"record_if": ("EngineCore", "_drive")}  # vLLM's engine core and our engine process
                 spy = threading.Timer(PY_SPY_AFTER_S, py_spy_dumps, (dumps,), marks)
-                if args.profile:
+                if args.profile or args.py_spy:
                     spy.start()
                 with GpuBusy() as gpu:
                     result = asyncio.run(run_load(f"{url}/v1/audio/transcriptions", load))
@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--requests-per-level", type=int)
     parser.add_argument("--ramp-s", type=float, default=0.0, help="start the clients evenly over this many seconds")
     parser.add_argument("--profile", action="store_true", help="server thread stacks; py-spy of engines")
+    parser.add_argument("--py-spy", action="store_true", help="py-spy of engines only (no sampler in the server)")
     parser.add_argument("--work", default="/tmp/whisper-endpoint-gpu")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
