@@ -111,21 +111,30 @@ class Preprocessor:
         return {"type": "enc_dec", "encoder_prompt": encoder, "decoder_prompt": decoder, "arrival_time": 12.5}
 
 
+def features(built: dict[str, Any]) -> Tensor:
+    data: Tensor = built["decoder_prompt"]["mm_kwargs"]["audio"][0]["input_features"].data
+    return data
+
+
 def test_windows_carry_our_log_mel_and_our_prompt_exactly(engine: CTranslate2Engine, fake_vllm: None) -> None:
     tokenizer = engine.tokenizer
-    # vLLM 0.26 hands over its features rounded to bf16 already: a match, as the same features unrounded
-    assert FeatureInputs.from_vllm(Preprocessor(bf16=True), tokenizer.sot, numpy_log_mel, "bfloat16") is not None
-    inputs = FeatureInputs.from_vllm(Preprocessor(), tokenizer.sot, numpy_log_mel, "bfloat16")
-    assert inputs is not None  # our features of the check window match the other extractor's
+    # vLLM 0.26 hands over its features rounded to bf16 already: our float32 features match them
+    inputs = FeatureInputs.from_vllm(Preprocessor(bf16=True), tokenizer.sot, numpy_log_mel)
+    assert inputs is not None
+    unrounded = FeatureInputs.from_vllm(Preprocessor(), tokenizer.sot, numpy_log_mel)
+    assert unrounded is not None  # and the other extractor's float32 features
     audio = load_audio(AudioSource(JFK))
     previous = tokenizer.encode(" And so, my fellow Americans")
     prompt = (tokenizer.sot_prev, *previous, *tokenizer.sot_sequence("en", "transcribe", True))
     built = inputs.build(audio, prompt)
     decoder = built["decoder_prompt"]
     assert decoder["prompt_token_ids"] == list(prompt)  # no <|startoftranscript|> put before <|startofprev|>
-    element = decoder["mm_kwargs"]["audio"][0]["input_features"]
-    assert np.array_equal(element.data.values, log_mel_window(audio, 128)) and element.data.dtype == "bfloat16"
-    assert element.field == "batched over windows"  # batched as vLLM batches its own
+    assert np.array_equal(features(built).values, log_mel_window(audio, 128))
+    assert features(built).dtype == "bfloat16"  # in the dtype vLLM's own come in
+    assert features(unrounded.build(audio, prompt)).dtype == "float32"
+    assert (
+        decoder["mm_kwargs"]["audio"][0]["input_features"].field == "batched over windows"
+    )  # batched as vLLM batches its own
     assert built["encoder_prompt"] == {"type": "token", "prompt_token_ids": [0] * 1500}
     assert decoder["mm_placeholders"] == {"audio": ["positions 0 to 1500"]}
     assert "arrival_time" not in built  # vLLM stamps each window when it takes it
@@ -144,5 +153,5 @@ def test_features_unlike_vllms_keep_its_own_processing(
 ) -> None:
     tokenizer = engine.tokenizer
     with caplog.at_level("WARNING", logger="whisper_endpoint.engines.vllm_inputs"):
-        assert FeatureInputs.from_vllm(preprocessor, tokenizer.sot, numpy_log_mel, "bfloat16") is None
+        assert FeatureInputs.from_vllm(preprocessor, tokenizer.sot, numpy_log_mel) is None
     assert "vLLM computes the log-mel" in caplog.text

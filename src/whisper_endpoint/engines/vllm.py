@@ -318,14 +318,11 @@ class VllmEngine:
         self._llm = llm
         self._driver = EngineDriver(llm.llm_engine)
         self._inputs: FeatureInputs | None = None  # vLLM's own input processing, until ours passes its check
-        self._use_feature_inputs(llm.llm_engine.input_processor.input_preprocessor, chosen.dtype)
+        self._use_feature_inputs(llm.llm_engine.input_processor.input_preprocessor)
 
-    def _use_feature_inputs(self, preprocessor: Any, dtype: str) -> None:
+    def _use_feature_inputs(self, preprocessor: Any) -> None:
         """Windows with our log-mel from now on, where it matches vLLM's and a window so made decodes."""
-        import torch
-
-        extract = torch_log_mel(self.n_mels)
-        self._inputs = FeatureInputs.from_vllm(preprocessor, self.tokenizer.sot, extract, getattr(torch, dtype))
+        self._inputs = FeatureInputs.from_vllm(preprocessor, self.tokenizer.sot, torch_log_mel(self.n_mels))
         if self._inputs is None:
             return
         try:

@@ -6,7 +6,7 @@ encoder's placeholder positions. Much of that is Python, holding the engine proc
 milliseconds a window, and that lock is shared with the one thread that steps vLLM (py-spy put 42 % of that
 process's samples there, docs/benchmarks.md). Here vLLM's processor runs once at start, on a check window;
 every window then reuses its encoder placeholders and carries our log-mel (torch, which leaves the lock in
-its FFT and matrix product), already in the encoder's dtype.
+its FFT and matrix product), in the dtype vLLM's own features come in.
 
 Our features are checked against vLLM's own for that window; a difference beyond rounding, or a vLLM whose
 processed inputs have another shape, keeps vLLM's own processing (with a warning). Decoder prompts go as our
@@ -84,12 +84,10 @@ class FeatureInputs:
     template: dict[str, Any]  # vLLM's processed input (its EncoderDecoderInput) of the check window
     field: Any  # how vLLM batches the features of several windows
     extract: Callable[[np.ndarray], Any]  # a window's samples to its log-mel, a float32 torch tensor
-    dtype: Any  # the encoder's torch dtype: the features are cast to it here rather than in vLLM's engine core
+    dtype: Any  # the torch dtype vLLM's own processing hands features over in (0.26: bf16, the encoder's)
 
     @classmethod
-    def from_vllm(
-        cls, preprocessor: Any, sot: int, extract: Callable[[np.ndarray], Any], dtype: Any
-    ) -> FeatureInputs | None:
+    def from_vllm(cls, preprocessor: Any, sot: int, extract: Callable[[np.ndarray], Any]) -> FeatureInputs | None:
         """Ours, if `extract` gives the check window vLLM's features (`preprocessor`: its input preprocessor)."""
         import torch
 
@@ -98,8 +96,8 @@ class FeatureInputs:
             template = dict(preprocessor.preprocess(audio_prompt(samples, (sot,))))
             element = features_of(template)
             theirs = element.data.float().numpy()
-            resolution = torch.finfo(element.data.dtype).eps
-            field = element.field
+            dtype, field = element.data.dtype, element.field
+            resolution = torch.finfo(dtype).eps
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             log.warning("vLLM's processed inputs have a shape we do not know (%r); vLLM computes the log-mel", exc)
             return None
