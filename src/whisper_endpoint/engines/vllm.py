@@ -188,7 +188,7 @@ def model_suppress_tokens(folder: Path) -> tuple[int, ...]:
 
 def _one_cpu_thread_for_torch() -> None:
     """torch's CPU kernels on one thread, in this process and in vLLM's engine core (which inherits the
-    variable, or the setting when forked), unless OMP_NUM_THREADS is set already. Here, vLLM's log-mel runs
+    variable, or the setting when forked), unless OMP_NUM_THREADS is set already. Here, the log-mel runs
     in many request threads at once, and each spreading over every core would oversubscribe them. In the
     engine core, stacking each step's log-mel windows into one batch with a thread per core took a third of
     its time (py-spy); one thread made the engine 16 to 31 % faster (docs/benchmarks.md)."""
