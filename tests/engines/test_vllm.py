@@ -10,15 +10,15 @@ import importlib.util
 import math
 import os
 import re
-import sys
 import time
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.engines.stand_ins import install_modules
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines import load_engine, vllm_installed
 from whisper_endpoint.engines.base import SamplingOptions, WindowInput
@@ -110,14 +110,13 @@ def test_burst_scheduler_pauses_new_windows_for_the_held_steps_only(monkeypatch:
                 raise RuntimeError("a failing step")
             return self.current_step
 
-    for name, attrs in {
-        "vllm.v1.core.sched.async_scheduler": {"AsyncScheduler": AsyncScheduler},
-        "vllm.v1.core.sched.interface": {"PauseState": PauseState},
-    }.items():
-        module = ModuleType(name)
-        for attr, value in attrs.items():
-            setattr(module, attr, value)
-        monkeypatch.setitem(sys.modules, name, module)
+    install_modules(
+        monkeypatch,
+        {
+            "vllm.v1.core.sched.async_scheduler": {"AsyncScheduler": AsyncScheduler},
+            "vllm.v1.core.sched.interface": {"PauseState": PauseState},
+        },
+    )
     monkeypatch.setenv("WHISPER_VLLM_ADMIT_EVERY_STEPS", "4")
     path = Path(__file__).parents[2] / "src" / "whisper_endpoint" / "engines" / "vllm_scheduler.py"
     spec = importlib.util.spec_from_file_location("burst_scheduler_under_test", path)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.engines.stand_ins import install_modules
 from whisper_endpoint.engines.vllm_decoder import (
     PATCHED_MARK,
     compile_start_steps,
@@ -149,16 +150,14 @@ def test_vllms_whisper_model_is_patched_once(monkeypatch: pytest.MonkeyPatch) ->
         def forward(self, input_ids: Any, positions: Any, encoder_outputs: Any) -> str:
             return "eager"
 
-    modules = {
-        "torch": SimpleNamespace(cat=cat),
-        "vllm": SimpleNamespace(),
-        "vllm.forward_context": SimpleNamespace(get_forward_context=lambda: SimpleNamespace(attn_metadata=None)),
-        "vllm.model_executor": SimpleNamespace(),
-        "vllm.model_executor.models": SimpleNamespace(whisper=SimpleNamespace(WhisperModel=WhisperModel)),
-        "vllm.model_executor.models.whisper": SimpleNamespace(WhisperModel=WhisperModel),
-    }
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+    install_modules(
+        monkeypatch,
+        {
+            "torch": {"cat": cat},
+            "vllm.forward_context": {"get_forward_context": lambda: SimpleNamespace(attn_metadata=None)},
+            "vllm.model_executor.models.whisper": {"WhisperModel": WhisperModel},
+        },
+    )
     assert compile_start_steps() is True
     patched_forward = WhisperModel.forward
     assert compile_start_steps() is True  # a second engine in the process: patched once

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests.engines.stand_ins import install_modules
 from whisper_endpoint.engines.vllm_encoder import compile_encoder_layers
 
 
@@ -38,20 +38,13 @@ def test_encoder_layers_run_through_one_compiled_forward(monkeypatch: pytest.Mon
         def forward(self, hidden_states: int) -> int:
             return hidden_states * self.scale
 
-    torch = ModuleType("torch")
-    torch.compile = fake_compile  # type: ignore[attr-defined]
-    whisper = ModuleType("vllm.model_executor.models.whisper")
-    whisper.WhisperEncoderLayer = WhisperEncoderLayer  # type: ignore[attr-defined]
-    models = ModuleType("vllm.model_executor.models")
-    models.whisper = whisper  # type: ignore[attr-defined]
-    for name, module in {
-        "torch": torch,
-        "vllm": ModuleType("vllm"),
-        "vllm.model_executor": ModuleType("vllm.model_executor"),
-        "vllm.model_executor.models": models,
-        "vllm.model_executor.models.whisper": whisper,
-    }.items():
-        monkeypatch.setitem(sys.modules, name, module)
+    install_modules(
+        monkeypatch,
+        {
+            "torch": {"compile": fake_compile},
+            "vllm.model_executor.models.whisper": {"WhisperEncoderLayer": WhisperEncoderLayer},
+        },
+    )
     assert compile_encoder_layers() is True
     assert compile_encoder_layers() is True  # a second engine in the process: patched once
     assert compile_requests == [{"dynamic": True}]  # any number of windows per step, one graph

@@ -8,9 +8,8 @@ vLLM's own extractor when the engine starts.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from tests.conftest import JFK
+from tests.engines.stand_ins import install_modules
 from whisper_endpoint.audio.decode import AudioSource, load_audio
 from whisper_endpoint.audio.features import WINDOW_FRAMES, WINDOW_SAMPLES, log_mel_window
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
@@ -55,22 +55,22 @@ class KwargsItems(dict[str, Any]):
     pass
 
 
+EPS = {"float32": 2.0**-23, "bfloat16": 2.0**-7}  # torch.finfo(dtype).eps
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch = ModuleType("torch")
-    torch.from_numpy = Tensor  # type: ignore[attr-defined]
-    torch.finfo = lambda dtype: SimpleNamespace(eps={"float32": 2.0**-23, "bfloat16": 2.0**-7}[dtype])  # type: ignore[attr-defined]
-    inputs = ModuleType("vllm.multimodal.inputs")
-    inputs.MultiModalFieldElem = FieldElem  # type: ignore[attr-defined]
-    inputs.MultiModalKwargsItem = KwargsItem  # type: ignore[attr-defined]
-    inputs.MultiModalKwargsItems = KwargsItems  # type: ignore[attr-defined]
-    for name, module in {
-        "torch": torch,
-        "vllm": ModuleType("vllm"),
-        "vllm.multimodal": ModuleType("vllm.multimodal"),
-        "vllm.multimodal.inputs": inputs,
-    }.items():
-        monkeypatch.setitem(sys.modules, name, module)
+    install_modules(
+        monkeypatch,
+        {
+            "torch": {"from_numpy": Tensor, "finfo": lambda dtype: SimpleNamespace(eps=EPS[dtype])},
+            "vllm.multimodal.inputs": {
+                "MultiModalFieldElem": FieldElem,
+                "MultiModalKwargsItem": KwargsItem,
+                "MultiModalKwargsItems": KwargsItems,
+            },
+        },
+    )
 
 
 def numpy_log_mel(samples: np.ndarray) -> Tensor:
