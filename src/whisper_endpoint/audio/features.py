@@ -14,6 +14,9 @@ WINDOW_SECONDS = 30
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
 WINDOW_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+POWER_FLOOR = 1e-10  # mel power below it counts as it, before the log
+LOG_RANGE = 8.0  # log10 units kept below the window's loudest bin (80 dB)
+LOG_SHIFT = 4.0  # log10 power x becomes (x + LOG_SHIFT) / LOG_SHIFT, about -1 to 1 for speech
 
 
 @lru_cache(maxsize=4)
@@ -65,7 +68,7 @@ def log_mel_window(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
     spectrum = np.fft.rfft(frames * _hann(), axis=-1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)[:-1]  # drop the last frame, as Whisper
     mel = mel_filters(n_mels) @ power.T
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    result: np.ndarray = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    log_spec = np.log10(np.maximum(mel, POWER_FLOOR))
+    log_spec = np.maximum(log_spec, log_spec.max() - LOG_RANGE)
+    result: np.ndarray = ((log_spec + LOG_SHIFT) / LOG_SHIFT).astype(np.float32)
     return result

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.audio.features import HOP_LENGTH, N_FFT, WINDOW_SAMPLES, mel_filters
+from whisper_endpoint.audio.features import (
+    HOP_LENGTH,
+    LOG_RANGE,
+    LOG_SHIFT,
+    N_FFT,
+    POWER_FLOOR,
+    WINDOW_SAMPLES,
+    mel_filters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +79,9 @@ def torch_log_mel(n_mels: int) -> Callable[[np.ndarray], Any]:
         audio = torch.zeros(WINDOW_SAMPLES)
         audio.numpy()[: len(samples)] = samples  # through numpy: `samples` may be a read-only view of a message
         power = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)[..., :-1].abs() ** 2
-        log_spec = torch.clamp(filters @ power, min=1e-10).log10()
-        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-        return (log_spec + 4.0) / 4.0
+        log_spec = torch.clamp(filters @ power, min=POWER_FLOOR).log10()
+        log_spec = torch.maximum(log_spec, log_spec.max() - LOG_RANGE)
+        return (log_spec + LOG_SHIFT) / LOG_SHIFT
 
     return extract
 
