@@ -78,6 +78,9 @@ def windows_decoded(url: str) -> float | None:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("whisper_batch_size_sum"))
 
 
+MAX_NAME_CHARS = 200  # the results file's name, under file systems' 255
+
+
 def file_label(system: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", system)
 
@@ -221,6 +224,8 @@ def main() -> None:
     if bad := [s for s in args.system if not is_vllm_serve(s) and not s.startswith("whisper-endpoint")]:
         parser.error(f"unknown system {bad[0]!r}")
     name = "gpu-http-" + "-".join(file_label(s) for s in args.system)
+    if len(name) > MAX_NAME_CHARS:  # the rows name each system in full
+        name = "gpu-http-" + "-".join(f"{i + 1}-{s.partition(':')[0]}" for i, s in enumerate(args.system))
     for system in args.system:
         rows += run_system(system, checkpoint, loads, args)
         (out / f"{name}.json").write_text(json.dumps(rows, indent=2))  # kept if a later system fails
