@@ -87,14 +87,6 @@ class Settings(BaseSettings):
         description="vLLM admits new windows on every Nth step only while others decode, so the steps between "
         "run as CUDA graphs (vLLM runs steps that encode new audio eagerly); 1: on every step.",
     )
-    vllm_switch_interval_ms: float = Field(
-        5.0,
-        gt=0,
-        le=100,
-        description="Python's thread switch interval in the process driving vLLM (inherited by vLLM's engine core "
-        "when forked): how long a thread that let go of the interpreter lock (every torch call and socket send "
-        "does) may wait to get it back while other threads run Python. 5: Python's default.",
-    )
     vllm_compile_encoder: bool = Field(
         False,
         description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",

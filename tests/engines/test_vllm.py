@@ -10,7 +10,6 @@ import importlib.util
 import math
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +33,6 @@ from whisper_endpoint.engines.vllm import (
     model_folder,
     no_speech_probability,
     sampling_kwargs,
-    set_switch_interval,
     to_generation,
 )
 from whisper_endpoint.errors import EngineUnavailableError, WhisperEndpointError
@@ -152,17 +150,6 @@ def test_torch_cpu_threads_for_vllm_are_one_unless_the_user_chose(monkeypatch: p
     monkeypatch.setenv("OMP_NUM_THREADS", "6")
     _one_cpu_thread_for_torch()
     assert os.environ["OMP_NUM_THREADS"] == "6"
-
-
-def test_switch_interval_is_set_in_milliseconds_from_the_settings() -> None:
-    default = sys.getswitchinterval()
-    try:
-        set_switch_interval(Settings(vllm_switch_interval_ms=0.5).vllm_switch_interval_ms)
-        assert sys.getswitchinterval() == pytest.approx(0.0005)
-    finally:
-        sys.setswitchinterval(default)
-    with pytest.raises(ValueError, match="vllm_switch_interval_ms"):
-        Settings(vllm_switch_interval_ms=0)
 
 
 def test_prompt_keeps_our_tokens_and_passes_the_audio(engine: CTranslate2Engine) -> None:

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -204,17 +203,6 @@ def _one_cpu_thread_for_torch() -> None:
         pass
 
 
-def set_switch_interval(ms: float) -> None:
-    """Python's thread switch interval for this process, and for vLLM's engine core when it is forked next.
-
-    The driver thread lets go of the interpreter lock many times per window it hands to vLLM (each torch
-    call in serialising its features, the socket send) and, while the calling threads run Python, waits up
-    to the interval each time to get it back."""
-    if ms != sys.getswitchinterval() * 1000:
-        log.info("Python's thread switch interval: %g ms", ms)
-        sys.setswitchinterval(ms / 1000)
-
-
 def model_folder(model: str, cache_dir: Path) -> Path:
     """A Hugging Face Whisper folder for vLLM: the folder given or fetched from the hub, or the conversion
     of a bundled alias or a CTranslate2 folder, made once into the cache."""
@@ -326,7 +314,6 @@ class VllmEngine:
 
             patch_flash_attention(LaunchConfig.parse(settings.vllm_triton_attention_launch))
         self.max_batch_size = int(args["max_num_seqs"])
-        set_switch_interval(settings.vllm_switch_interval_ms)
         llm = LLM(**args)
         self._llm = llm
         self._driver = EngineDriver(llm.llm_engine)
