@@ -161,8 +161,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 log_before = log.stat().st_size
                 cpu_before, started = process_cpu_s(proc.pid), time.monotonic()
                 dumps = Path(args.out) / f"py-spy-{file_label(system)}-{name}-{level}.txt"  # one per system
-                marks = {"record_if": ("EngineCore", "_drive")}  # vLLM's engine core and our engine process
-                spy = threading.Timer(PY_SPY_AFTER_S, py_spy_dumps, (dumps,), marks)
+                spy = threading.Timer(PY_SPY_AFTER_S, py_spy_dumps, (dumps,))
                 if args.profile or args.py_spy:
                     spy.start()
                 with GpuBusy() as gpu:

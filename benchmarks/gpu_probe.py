@@ -61,24 +61,39 @@ def run_noting_timeout(cmd: list[str], timeout_s: float, notes: TextIO) -> subpr
         return None
 
 
-def py_spy_dumps(out: Path, record_if: tuple[str, ...] = ("EngineCore",)) -> None:
-    """One `py-spy dump` of each process under this one, when py-spy is there, and 5 s of sampled stacks
-    of those whose dump shows one of `record_if`, then 5 s of the thread holding the GIL alone."""
+RECORDED_PROCESSES = ("whisper-engine", "VLLM::EngineCor")  # our engine process and vLLM's engine core
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def py_spy_dumps(out: Path, recorded: tuple[str, ...] = RECORDED_PROCESSES) -> None:
+    """5 s of sampled stacks of each process under this one named in `recorded`, then 5 s of the thread
+    holding the GIL alone, all at once; then one `py-spy dump` of every process under this one. Records
+    first: a dump of a process with thousands of threads can take as long as a whole load."""
     spy = find_py_spy()
     if spy is None:
         return
+    pids = descendants(os.getpid())[1:]
     with out.open("w") as f:
-        for pid in descendants(os.getpid())[1:]:
+
+        def record(pid: int) -> None:
+            command = [spy, "record", "--pid", str(pid), "-d", "5", "-r", "200", "-f", "raw", "--nonblocking"]
+            run_noting_timeout([*command, "-o", str(out.with_suffix(f".{pid}.collapsed.txt"))], 60, f)
+            # then only the thread holding the interpreter lock: its share of samples is the lock's load
+            run_noting_timeout([*command, "--gil", "-o", str(out.with_suffix(f".{pid}.gil.txt"))], 60, f)
+
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(record, [pid for pid in pids if process_name(pid) in recorded]))
+        for pid in pids:
             # --nonblocking: a dump that pauses a process with a thread per window in flight stalls the load
             done = run_noting_timeout([spy, "dump", "--nonblocking", "--pid", str(pid)], 30, f)
-            if done is None:
-                continue
-            f.write(f"### pid {pid}\n{done.stdout}{done.stderr}\n")
-            if any(mark in done.stdout for mark in record_if):  # where its time goes, as collapsed lines
-                record = [spy, "record", "--pid", str(pid), "-d", "5", "-r", "200", "-f", "raw", "--nonblocking"]
-                run_noting_timeout([*record, "-o", str(out.with_suffix(f".{pid}.collapsed.txt"))], 60, f)
-                # then only the thread holding the interpreter lock: its share of samples is the lock's load
-                run_noting_timeout([*record, "--gil", "-o", str(out.with_suffix(f".{pid}.gil.txt"))], 60, f)
+            if done is not None:
+                f.write(f"### pid {pid} ({process_name(pid)})\n{done.stdout}{done.stderr}\n")
 
 
 def one(args: argparse.Namespace) -> dict[str, Any]:
