@@ -54,8 +54,8 @@ class EncodedAdds:
 
     vLLM's `LLMEngine.add_request` serialises the request in the driver thread, and each torch call on the
     features there lets go of the interpreter lock, which the driver must then win back from the threads
-    preparing windows. Without a GPU (benchmarks/vllm_add.py, 2 cores) that took the adding thread 0.74 ms a
-    window with 8 preparing threads and 5.7 ms with 16, against 0.40 and 3.4 ms serialised beforehand. This is
+    preparing windows. Without a GPU (benchmarks/vllm_add.py, 2 cores) that took the adding thread 1.1 ms a
+    window with 8 preparing threads and 5.0 ms with 16, against 0.40 and 3.3 ms serialised beforehand. This is
     what `add_request` and vLLM 0.26's `SyncMPClient._send_input` do for one sequence; `of` declines an
     engine whose client is of another shape."""
 
