@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -29,17 +30,16 @@ from typing import Any
 SECONDS = 5.0  # per row
 BURST = 8  # windows added back to back
 STEP_S = 0.02  # then a step's wait
-SOCKET = "ipc:///tmp/whisper-endpoint-vllm-add"
 
 
-def receive(ready: Any) -> None:
+def receive(socket: str, ready: Any) -> None:
     """The engine core's side: every request decoded."""
     import zmq
     from vllm.utils.network_utils import make_zmq_socket
     from vllm.v1.engine import EngineCoreRequest
     from vllm.v1.serial_utils import MsgpackDecoder
 
-    sock = make_zmq_socket(zmq.Context(), SOCKET, zmq.PULL, bind=False)
+    sock = make_zmq_socket(zmq.Context(), socket, zmq.PULL, bind=False)
     decoder = MsgpackDecoder(EngineCoreRequest)
     ready.set()
     while (frames := sock.recv_multipart(copy=False)) and frames[0].bytes != b"stop":
@@ -81,15 +81,15 @@ def window_request() -> Any:
     )
 
 
-def row(preencoded: bool, preparers: int) -> dict[str, Any]:
+def row(preencoded: bool, preparers: int, socket: str) -> dict[str, Any]:
     import zmq
     from vllm.utils.network_utils import make_zmq_socket
     from vllm.v1.serial_utils import MsgpackEncoder
 
-    sock = make_zmq_socket(zmq.Context(), SOCKET, zmq.PUSH, bind=True)
+    sock = make_zmq_socket(zmq.Context(), socket, zmq.PUSH, bind=True)
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
-    child = context.Process(target=receive, args=(ready,))
+    child = context.Process(target=receive, args=(socket, ready))
     child.start()
     ready.wait(120)
     stop, prepared = threading.Event(), [0]
@@ -184,7 +184,9 @@ def main() -> None:
     torch.set_num_threads(1)  # as in the engine process
     identical = frames_match_vllms_own()
     print(f"frames serialised beforehand identical to vLLM's own: {identical}")
-    rows = [row(preencoded, n) for n in args.preparers for preencoded in (False, True)]
+    with tempfile.TemporaryDirectory() as folder:  # the socket's file goes with it
+        socket = f"ipc://{folder}/requests"
+        rows = [row(preencoded, n, socket) for n in args.preparers for preencoded in (False, True)]
     print("serialised by | preparing threads | ms per add | prepared/s")
     for r in rows:
         print(" | ".join(str(v) for v in r.values()))
