@@ -87,11 +87,6 @@ class Settings(BaseSettings):
         description="vLLM admits new windows on every Nth step only while others decode, so the steps between "
         "run as CUDA graphs (vLLM runs steps that encode new audio eagerly); 1: on every step.",
     )
-    vllm_encode_in_callers: bool = Field(
-        False,
-        description="Experimental: each window's request to vLLM's engine core is serialised by the thread that "
-        "prepared it, so the one thread driving vLLM only sends it (vLLM serialises in that thread).",
-    )
     vllm_compile_encoder: bool = Field(
         False,
         description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",

@@ -316,7 +316,7 @@ class VllmEngine:
         self.max_batch_size = int(args["max_num_seqs"])
         llm = LLM(**args)
         self._llm = llm
-        self._driver = EngineDriver(llm.llm_engine, encode_in_callers=settings.vllm_encode_in_callers)
+        self._driver = EngineDriver(llm.llm_engine)
         self._inputs: FeatureInputs | None = None  # vLLM's own input processing, until ours passes its check
         self._use_feature_inputs(llm.llm_engine.input_processor.input_preprocessor)
 

@@ -49,78 +49,14 @@ class DriverStats:
         )
 
 
-class EncodedAdds:
-    """Windows added to vLLM already serialised, each by the thread that prepared it, so the driver only sends.
-
-    vLLM's `LLMEngine.add_request` serialises the request in the driver thread, and each torch call on the
-    features there lets go of the interpreter lock, which the driver must then win back from the threads
-    preparing windows. Without a GPU (benchmarks/vllm_add.py, 2 cores) that took the adding thread 1.1 ms a
-    window with 8 preparing threads and 5.0 ms with 16, against 0.40 and 3.3 ms serialised beforehand. This is
-    what `add_request` and vLLM 0.26's `SyncMPClient._send_input` do for one sequence; `of` declines an
-    engine whose client is of another shape."""
-
-    CLIENT_ATTRIBUTES = (
-        "encoder",
-        "input_socket",
-        "core_engine",
-        "ensure_alive",
-        "free_pending_messages",
-        "add_pending_message",
-    )
-
-    def __init__(self, engine: Any) -> None:
-        from vllm.v1.engine import EngineCoreRequestType
-
-        self._engine = engine
-        self._core = engine.engine_core
-        self._add = EngineCoreRequestType.ADD.value
-        self._local = threading.local()  # an encoder per thread: each keeps state while it encodes
-
-    @classmethod
-    def of(cls, engine: Any) -> EncodedAdds | None:
-        core: Any = getattr(engine, "engine_core", None)
-        if (
-            not hasattr(engine, "output_processor")
-            or any(not hasattr(core, name) for name in cls.CLIENT_ATTRIBUTES)
-            or getattr(core, "is_dp", True)
-            or getattr(core.encoder, "oob_tensor_consumer", None) is not None  # tensors through shared memory
-        ):
-            log.warning("vLLM's engine client is not the one we know; the driver serialises each window itself")
-            return None
-        return cls(engine)
-
-    def encode(self, request: Any) -> Sequence[Any]:
-        """In the preparing thread: vLLM's internal id for the request, then its frames."""
-        from vllm.v1.serial_utils import MsgpackEncoder
-
-        self._engine.input_processor.assign_request_id(request)
-        if (encoder := getattr(self._local, "encoder", None)) is None:
-            encoder = self._local.encoder = MsgpackEncoder()
-        frames: Sequence[Any] = encoder.encode(request)
-        return frames
-
-    def add(self, request: Any, frames: Sequence[Any]) -> None:
-        """In the driver thread: the request's state for its outputs, then its frames to the engine core."""
-        self._engine.output_processor.add_request(request, None, None, 0)
-        core = self._core
-        core.ensure_alive()
-        core.free_pending_messages()
-        message = (core.core_engine, self._add, *frames)
-        if len(message) <= 3:  # no tensor buffers to keep alive until sent
-            core.input_socket.send_multipart(message, copy=False)
-        else:
-            core.add_pending_message(core.input_socket.send_multipart(message, copy=False, track=True), request)
-
-
 class EngineDriver:
-    def __init__(self, engine: Any, stats_interval_s: float = STATS_INTERVAL_S, encode_in_callers: bool = False):
+    def __init__(self, engine: Any, stats_interval_s: float = STATS_INTERVAL_S) -> None:
         self._engine = engine
-        self._encoded = EncodedAdds.of(engine) if encode_in_callers else None
         # Input preparation runs in the callers' threads, at most one per core at once (the cores this
         # process may use: an engine process of --gpus N has its own share).
         self._preparing = threading.BoundedSemaphore(len(os.sched_getaffinity(0)) or 1)
         self._tasks = engine.get_supported_tasks()
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (request, frames or None, future) or _STOP
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (request, future) or _STOP
         self._stats_interval_s = stats_interval_s
         self.stats = DriverStats()
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
@@ -136,11 +72,10 @@ class EngineDriver:
                 with self._preparing:
                     prompt = prepare(window)
                     request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
-                    frames = self._encoded.encode(request) if self._encoded and request.params.n == 1 else None
             except Exception as exc:
                 future.set_exception(exc)
             else:
-                self._inbox.put((request, frames, future))
+                self._inbox.put((request, future))
             futures.append(future)
         return [f.result() for f in futures]
 
@@ -159,12 +94,9 @@ class EngineDriver:
                     for future in running.values():
                         future.set_exception(EngineUnavailableError("the vLLM engine was closed"))
                     return
-                request, frames, future = item
+                request, future = item
                 try:
-                    if self._encoded and frames is not None:
-                        self._encoded.add(request, frames)
-                    else:
-                        self._engine.add_request(request.request_id, request, request.params)
+                    self._engine.add_request(request.request_id, request, request.params)
                     running[request.external_req_id] = future  # outputs carry the id we chose
                     self.stats.added += 1
                 except Exception as exc:  # a bad input fails its own request only
