@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from benchmarks import gpu_trace
 from benchmarks.gpu_check import add_checkpoint_arguments, large_v3_shape, noise_window
-from benchmarks.proc_stats import GpuBusy, cpu_by_thread, descendants
+from benchmarks.proc_stats import GpuBusy, cpu_by_thread, descendants, process_name
 from whisper_endpoint.engines.process import MAX_WINDOWS_PER_MESSAGE
 
 TIMINGS = ("t100", "t100_no_nospeech", "t100_noscores", "t1")
@@ -62,13 +62,6 @@ def run_noting_timeout(cmd: list[str], timeout_s: float, notes: TextIO) -> subpr
 
 
 RECORDED_PROCESSES = ("whisper-engine", "VLLM::EngineCor")  # our engine process and vLLM's engine core
-
-
-def process_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def py_spy_dumps(out: Path, recorded: tuple[str, ...] = RECORDED_PROCESSES) -> None:

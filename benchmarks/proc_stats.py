@@ -30,12 +30,20 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def process_name(pid: int) -> str:
+    """The process's name (what `set_process_name` or the executable set); "" once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def thread_cpu_ticks(pids: list[int]) -> dict[tuple[int, str, str, int], int]:
     """CPU ticks (user + system) per thread: (pid, process name, thread name, thread id)."""
     ticks: dict[tuple[int, str, str, int], int] = {}
     for pid in pids:
         try:
-            process = Path(f"/proc/{pid}/comm").read_text().strip()
+            process = process_name(pid)
             for task in Path(f"/proc/{pid}/task").iterdir():
                 stat = (task / "stat").read_text()
                 name = stat[stat.index("(") + 1 : stat.rindex(")")]
@@ -76,7 +84,7 @@ def process_cpu_s(root: int) -> dict[int, tuple[str, float]]:
     seconds = {}
     for pid in descendants(root):
         try:
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            name = process_name(pid)
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             seconds[pid] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
         except (OSError, IndexError, ValueError):
