@@ -48,7 +48,8 @@ def main() -> None:
             if mode == "plain":
                 out += engine.generate(batch, options)
             else:
-                results, p, a = packing.generate_packed(engine, batch, options)
+                # One group: the mechanics of packing, as for the short chunks of one long request.
+                results, p, a = packing.generate_packed(engine, batch, options, ["one"] * len(batch))
                 out += results
                 packed, again = packed + p, again + a
         wall = time.monotonic() - started

@@ -87,7 +87,7 @@ def serve(port: int) -> None:
     settings = Settings(port=port, log_level="warning", max_inflight_requests=4096, max_queued_audio_s=10_000_000)
     engine = ProcessEngine(instant_engine, settings)
     try:
-        run(create_app(settings, engine), settings.host, port, settings.log_level, settings.shutdown_grace_s)
+        run(create_app(settings, engine), settings)
     finally:
         engine.close()  # an engine handed to create_app stays the caller's to close
 

@@ -104,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = Settings(**overrides)
     app = create_app(settings)
-    serve(app, settings.host, settings.port, settings.log_level, settings.shutdown_grace_s)
+    serve(app, settings)
     return 0
 
 

@@ -30,7 +30,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = None
+    metrics_require_key: bool = Field(False, description="/metrics needs the API key too.")
     log_level: str = "info"
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that has not sent a whole request head by then gets 408."
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body that stalls this long gets 408.")
+    max_connections: int = Field(2048, ge=1, description="Open connections at once; more are answered 503 and closed.")
 
     strategy: Literal["batched", "sequential"] = "batched"
     max_upload_bytes: int = Field(200 * MiB, gt=0)
@@ -40,8 +46,8 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more windows.")
     pack_windows: bool = Field(
         True,
-        description="Decode short windows of several requests as one 30 s window (CTranslate2: engines the "
-        "server batches itself).",
+        description="Decode short windows of one request (a long file's short speech chunks) as one 30 s "
+        "window (CTranslate2: engines the server batches itself). Never across requests.",
     )
     max_queued_audio_s: float = Field(4 * 3600.0, gt=0, description="Admitted audio not yet transcribed.")
     max_inflight_requests: int = Field(64, ge=1)

@@ -52,6 +52,14 @@ class UnsupportedFeatureError(InvalidRequestError):
     code = "unsupported_feature"
 
 
+class SlowClientError(WhisperEndpointError):
+    """The client stopped sending its request part-way (headers or body) for longer than allowed."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class UploadTooLargeError(WhisperEndpointError):
     status = 413
     error_type = "invalid_request_error"

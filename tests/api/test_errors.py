@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -136,7 +138,7 @@ def test_request_id_echoed_and_temp_files_removed(server: RunningServer, caplog:
         bad = _post(server, file=("bad.mp3", b"\x00" * 5000), headers={"x-request-id": "bad-1"})
     assert bad.status_code == 400 and bad.headers["x-request-id"] == "bad-1"  # errors carry it too
     assert len(httpx.get(server.url + "/nowhere").headers["x-request-id"]) == 32  # made up when not sent
-    assert all(not any(d.iterdir()) for d in spool_dirs)
+    assert all([p.name for p in d.iterdir()] == [".lock"] for d in spool_dirs)  # only the spool's own lock
     assert _requests_counted(server, "/audio/transcriptions", 200) == ok_before + 1
     assert _requests_counted(server, "/audio/transcriptions", 400) == bad_before + 1
     assert _requests_counted(server, "unmatched", 404) >= 1
@@ -149,22 +151,36 @@ def test_request_id_echoed_and_temp_files_removed(server: RunningServer, caplog:
 
 
 def test_uploads_of_a_killed_server_are_removed_at_the_next_start(engine: CTranslate2Engine) -> None:
-    import subprocess
-    import sys
+    """A spool is live while its lock is held, whatever its PID: a server restarted as PID 1 in a container
+    has its SIGKILLed predecessor's PID, and that predecessor's uploads must still go."""
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = Path(tempfile.mkdtemp(prefix=f"whisper-endpoint-{int(gone.stdout)}-"))
-    (stale / "upload-x.flac").write_bytes(b"left behind")
-    alive = Path(tempfile.mkdtemp(prefix=f"whisper-endpoint-{os.getpid()}-"))  # a live process's: kept
+    def spool(locked: bool, age_s: float = 0) -> tuple[Path, int]:
+        folder = Path(tempfile.mkdtemp(prefix=f"whisper-endpoint-{os.getpid()}-"))  # a live PID: ours
+        (folder / "upload-x.flac").write_bytes(b"left behind")
+        fd = -1
+        if age_s == 0:
+            fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR)
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.utime(folder, (time.time() - age_s, time.time() - age_s))
+        return folder, fd
+
+    killed, killed_fd = spool(locked=False)  # the kernel dropped its lock when the process died
+    older_version, _ = spool(locked=False, age_s=3600)  # no lock file at all, long ago
+    being_made, _ = spool(locked=False, age_s=1)  # no lock file yet: a server may be starting
+    live, live_fd = spool(locked=True)  # another server that is running
     running, thread = start_server(Settings(), engine)
     try:
-        assert not stale.exists()
-        assert alive.exists()
+        assert not killed.exists() and not older_version.exists()
+        assert being_made.exists() and (live / "upload-x.flac").exists()
         assert running.server.config.app.state.spool_dir.name.startswith(f"whisper-endpoint-{os.getpid()}-")
     finally:
         running.server.should_exit = True
         thread.join(timeout=30)
-        shutil.rmtree(alive, ignore_errors=True)
+        for fd in (killed_fd, live_fd):
+            os.close(fd)
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(being_made, ignore_errors=True)
 
 
 def test_draining_server_answers_503(engine: CTranslate2Engine) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import importlib.resources
 import logging
-import os
-import shutil
-import tempfile
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,9 +40,24 @@ from whisper_endpoint.errors import (
 )
 from whisper_endpoint.serving.metrics import Metrics
 from whisper_endpoint.serving.service import TranscriptionService
+from whisper_endpoint.serving.spool import create_spool, remove_stale_spools
 
 log = logging.getLogger("whisper_endpoint.access")
-PLAYGROUND_CSP = "default-src 'self'; media-src 'self' blob:; img-src 'self' data: blob:; object-src 'none'"
+# Pages may talk to this server only, and no other site may frame them (clickjacking): the browser enforces both.
+PLAYGROUND_CSP = (
+    "default-src 'self'; media-src 'self' blob:; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'"
+)
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' {inline}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {"X-Frame-Options": "DENY"}
+
+
+def _inline_script_hashes(html: str) -> str:
+    """CSP sources allowing exactly the page's own inline scripts (Swagger UI's start-up call)."""
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.DOTALL)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
@@ -58,24 +73,6 @@ async def _warm_up(engine: Engine) -> None:
     await asyncio.to_thread(engine.generate, [window], SamplingOptions(max_new_tokens=4))
 
 
-SPOOL_PREFIX = "whisper-endpoint-"  # + the server's pid: a spool whose process is gone can be removed
-
-
-def remove_stale_spools() -> None:
-    """Uploads left by servers that were killed (SIGKILL, a crash) before they could clean up."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
-        pid = folder.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or not folder.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            log.info("removing %s, left by server process %s", folder, pid)
-            shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass  # alive, or someone else's: not ours to remove
-
-
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; the engine is loaded (or the given one used) at start-up, then warmed up."""
     metrics = Metrics(settings.metrics_replica)
@@ -83,8 +80,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         remove_stale_spools()
-        spool = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
-        app.state.spool_dir = spool
+        spool = create_spool()
+        app.state.spool_dir = spool.path
         loaded: Engine = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
         await _warm_up(loaded)
         app.state.service = TranscriptionService(settings, loaded, metrics)
@@ -107,7 +104,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             app.state.service.close()
             if engine is None:
                 loaded.close()
-            shutil.rmtree(spool, ignore_errors=True)
+            spool.close()
 
     app = FastAPI(
         title="whisper-endpoint",
@@ -115,6 +112,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # A redirect to the slash-less path would be built from the client's Host header.
+        redirect_slashes=False,
         description="OpenAI-compatible speech-to-text for Whisper models.",
     )
     app.state.ready = False
@@ -147,9 +146,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             err.message = f"unknown route {request.method} {request.url.path}"
         return error_response(err)
 
+    @app.exception_handler(Exception)
+    async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request_id=%s unexpected error", getattr(request.state, "request_id", "-"))
+        metrics.errors.labels("internal_error").inc()
+        return error_response(WhisperEndpointError("internal error; the server's log has the details"))
+
     app.add_middleware(Gatekeeper, settings=settings, metrics=metrics, app_state=app.state)
     # Added last, so outermost: an upload over the limit is refused before anything else reads it.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, idle_s=settings.body_timeout_s)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
@@ -184,20 +189,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def playground_page() -> HTMLResponse:
-        # The page may talk to this server only: the browser enforces it.
         return HTMLResponse(
-            (playground / "index.html").read_text(encoding="utf-8"), headers={"Content-Security-Policy": PLAYGROUND_CSP}
+            (playground / "index.html").read_text(encoding="utf-8"),
+            headers={"Content-Security-Policy": PLAYGROUND_CSP, **PAGE_HEADERS},
         )
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="whisper-endpoint API",
             swagger_js_url="/static/swagger/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon.png",
         )
+        html = bytes(page.body).decode()
+        csp = DOCS_CSP.format(inline=_inline_script_hashes(html))
+        return HTMLResponse(html, headers={"Content-Security-Policy": csp, **PAGE_HEADERS})
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from whisper_endpoint.api.protocol import AudioRequest, parse_audio_request
 from whisper_endpoint.audio.decode import AudioSource
@@ -32,6 +34,17 @@ from whisper_endpoint.serving.service import Job, TranscriptionService
 log = logging.getLogger("whisper_endpoint.access")
 
 RAW_PCM_TYPES = {"audio/l16", "audio/pcm", "audio/x-raw", "audio/s16le"}
+# Text fields are held in memory while the form is parsed: bounded in number and size, so the upload
+# limit bounds memory too (a body of junk fields under 1 MB each was otherwise held whole).
+FORM_LIMITS = {"max_files": 1, "max_fields": 64, "max_part_size": 64 * 1024}
+TRANSLATION_FIELDS = frozenset({"file", "model", "prompt", "response_format", "temperature"})
+TRANSCRIPTION_FIELDS = TRANSLATION_FIELDS | {
+    "language",
+    "timestamp_granularities[]",
+    "include[]",
+    "stream",
+    "chunking_strategy",
+}
 
 TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -72,9 +85,10 @@ def _check_model(request: Request, model: str | None) -> None:
 
 
 async def _spool(upload: UploadFile, spool_dir: Path) -> Path:
-    """Copy the upload to our own temp file, deleted by the caller when the job ends."""
-    suffix = Path(upload.filename or "").suffix[:16]
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=spool_dir)
+    """Copy the upload to our own temp file, deleted when the job is released."""
+    # The client's extension only helps FFmpeg guess the container: letters and digits, nothing else.
+    extension = re.sub(r"[^A-Za-z0-9]", "", Path(upload.filename or "").suffix)[:15]
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=f".{extension}" if extension else "", dir=spool_dir)
     try:
         with os.fdopen(fd, "wb") as out:
             await asyncio.to_thread(shutil.copyfileobj, upload.file, out, 1024 * 1024)
@@ -118,23 +132,42 @@ async def _collect(request: Request, service: TranscriptionService, job: Job) ->
 
     task = asyncio.create_task(gather())
     watcher = asyncio.create_task(disconnected())
-    await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
     if not task.done():
-        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         log.info("request_id=%s client disconnected, work cancelled", job.request_id)
         raise CancelledRequestError("the client disconnected")
-    watcher.cancel()
     task.result()
     return segments
+
+
+class _JobStreamingResponse(StreamingResponse):
+    """A stream that ends its job however the stream ends, even if it never started (the client left
+    before the first byte): the release is plain code in a `finally`, never an await."""
+
+    def __init__(self, content: AsyncIterator[bytes], service: TranscriptionService, job: Job) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._service = service
+        self._job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._service.end(self._job)
 
 
 def _sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-async def _stream(service: TranscriptionService, job: Job, req: AudioRequest, cleanup: Path) -> AsyncIterator[bytes]:
+async def _stream(service: TranscriptionService, job: Job, req: AudioRequest) -> AsyncIterator[bytes]:
     segments: list[Segment] = []
     try:
         async for segment in service.segments(job):
@@ -167,18 +200,26 @@ async def _stream(service: TranscriptionService, job: Job, req: AudioRequest, cl
                 "error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code},
             }
         )
-    finally:
-        cleanup.unlink(missing_ok=True)
+
+
+def _check_fields(names: set[str], task: Task) -> None:
+    """A field this endpoint does not take is a 400 naming it, never silently dropped."""
+    known = TRANSCRIPTION_FIELDS if task == "transcribe" else TRANSLATION_FIELDS
+    for name in sorted(names):
+        if name not in known and not (task == "transcribe" and name.startswith("chunking_strategy[")):
+            where = "translations" if task == "translate" else "transcriptions"
+            raise InvalidRequestError(f"unknown parameter {name[:64]!r} for /audio/{where}", param=name[:64])
 
 
 async def _handle(request: Request, task: Task, file: UploadFile, model: str | None, **fields: Any) -> Response:
+    form = await request.form()  # already parsed (within FORM_LIMITS) for the route's parameters
+    _check_fields(set(form.keys()), task)
     _check_model(request, model)
     service = _service(request)
-    form = await request.form()
     req = parse_audio_request(form, task=task, default_strategy=service.settings.strategy, **fields)
     path = await _spool(file, request.app.state.spool_dir)
     raw = (file.content_type or "").split(";")[0].strip().lower() in RAW_PCM_TYPES or path.suffix == ".raw"
-    job = Job(AudioSource(path, raw_pcm=raw), req.options, request_id=request.state.request_id)
+    job = Job(AudioSource(path, raw_pcm=raw), req.options, request_id=request.state.request_id, spool=path)
     try:
         await asyncio.to_thread(service.admit, job)  # probing the container is file I/O
     except BaseException:
@@ -186,13 +227,11 @@ async def _handle(request: Request, task: Task, file: UploadFile, model: str | N
         raise
     request.state.job = job
     if req.stream:
-        return StreamingResponse(
-            _stream(service, job, req, path), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        return _JobStreamingResponse(_stream(service, job, req), service, job)
     try:
         segments = await _collect(request, service, job)
     finally:
-        path.unlink(missing_ok=True)
+        service.end(job)
     transcript = Transcript(task, job.info.language or "en", job.info.duration_ms, tuple(segments))
     return _render(transcript, req)
 
@@ -217,7 +256,7 @@ StreamField = Annotated[bool | None, Form(description="Stream Server-Sent Events
 
 
 def build_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(form_limits=FORM_LIMITS)  # type: ignore[arg-type]
 
     @router.post(
         "/audio/transcriptions", responses=TRANSCRIPTION_RESPONSES, summary="Transcribe audio", response_model=None

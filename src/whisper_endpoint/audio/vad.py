@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,8 @@ def _model_path() -> Path:
 
 @lru_cache(maxsize=1)
 def _session() -> Any:
+    # Its telemetry writes a session file (.ses) into the temp dir, which a server must not leave behind.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

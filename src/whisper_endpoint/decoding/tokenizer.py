@@ -22,6 +22,11 @@ class Tokenizer:
     hf: HFTokenizer
     multilingual: bool
 
+    def __post_init__(self) -> None:
+        # Text is only ever text: a prompt that spells "<|startoftranscript|>" must not become the control
+        # token (control tokens are looked up by name, never encoded from text).
+        self.hf.encode_special_tokens = True
+
     @classmethod
     def from_file(cls, path: Path, multilingual: bool) -> Tokenizer:
         return cls(HFTokenizer.from_file(str(path)), multilingual)

@@ -40,6 +40,8 @@ class RunInfo:
     samples: int = 0
     windows: int = 0
     fallbacks: int = 0
+    # Called as each block of audio is decoded (the server charges it and may stop the work by raising).
+    on_decoded: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def duration_ms(self) -> int:
@@ -54,6 +56,8 @@ class _Counter:
     def __iter__(self) -> Iterator[np.ndarray]:
         for block in self.blocks:
             self.info.samples += len(block)
+            if self.info.on_decoded is not None:
+                self.info.on_decoded()
             yield block
 
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Job:
-    request_id: str
+    request_key: str  # the server's id of the request (never the client's)
     kind: str  # "generate", "detect" or "align"
     items: Sequence[Any]
     options: SamplingOptions | None
@@ -56,26 +56,26 @@ class Scheduler:
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
-        self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()  # request id -> its jobs, in turn order
+        self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()  # request key -> its jobs, in turn order
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
     def submit(
-        self, request_id: str, kind: str, items: Sequence[Any], options: SamplingOptions | None = None
+        self, request_key: str, kind: str, items: Sequence[Any], options: SamplingOptions | None = None
     ) -> Future[list[Any]]:
-        job = _Job(request_id, kind, items, options)
+        job = _Job(request_key, kind, items, options)
         with self._cond:
-            self._queues.setdefault(request_id, deque()).append(job)
+            self._queues.setdefault(request_key, deque()).append(job)
             self.metrics.queued_windows.inc(len(items))
             self._cond.notify()
         return job.future
 
-    def cancel(self, request_id: str) -> int:
+    def cancel(self, request_key: str) -> int:
         """Drop a request's pending jobs; returns how many windows were dropped."""
         with self._cond:
-            jobs = self._queues.pop(request_id, deque())
+            jobs = self._queues.pop(request_key, deque())
         dropped = 0
         for job in jobs:
             dropped += len(job.items)
@@ -117,8 +117,8 @@ class Scheduler:
             progressed = True
             while progressed and size < self.max_batch_size:
                 progressed = False
-                for request_id in list(self._queues):
-                    queue = self._queues[request_id]
+                for request_key in list(self._queues):
+                    queue = self._queues[request_key]
                     job = queue[0]
                     if job.kind != head.kind or job.options != head.options or (head.kind != "generate" and batch):
                         continue
@@ -128,9 +128,9 @@ class Scheduler:
                     size += len(job.items)
                     progressed = True
                     # This request goes to the back of the turn order.
-                    del self._queues[request_id]
+                    del self._queues[request_key]
                     if queue:
-                        self._queues[request_id] = queue
+                        self._queues[request_key] = queue
                     if size >= self.max_batch_size or head.kind != "generate":
                         break
             self.metrics.queued_windows.dec(size)
@@ -151,8 +151,9 @@ class Scheduler:
             now = time.monotonic()
             for job in batch:
                 self.metrics.queue_wait.observe(now - job.queued_at)
+            groups = [job.request_key for job in batch for _ in job.items]
             try:
-                results = self._run(head.kind, items, head.options, self.pack)
+                results = self._run(head.kind, items, head.options, groups if self.pack else None)
             except Exception as exc:  # the engine failed: every request in the batch learns why
                 log.exception("engine call failed")
                 for job in batch:
@@ -166,16 +167,19 @@ class Scheduler:
 
     def run_now(self, kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
         """One call straight to an engine that batches concurrent calls itself (no packing: that needs
-        the windows of several requests in one batch formed here)."""
+        a batch formed here)."""
         self.metrics.batch_size.observe(len(items))
-        return self._run(kind, list(items), options, pack=False)
+        return self._run(kind, list(items), options, groups=None)
 
-    def _run(self, kind: str, items: list[Any], options: SamplingOptions | None, pack: bool) -> list[Any]:
+    def _run(
+        self, kind: str, items: list[Any], options: SamplingOptions | None, groups: Sequence[str] | None
+    ) -> list[Any]:
+        """`groups`: each item's request, when short windows of one request may be packed together."""
         if kind == "generate":
             assert options is not None
-            if not pack:
+            if groups is None:
                 return list(self.engine.generate(items, options))
-            results, packed, again = generate_packed(self.engine, items, options)
+            results, packed, again = generate_packed(self.engine, items, options, groups)
             self.metrics.packed_windows.inc(packed)
             self.metrics.pack_redecoded_windows.inc(again)
             return results
@@ -190,13 +194,13 @@ class ScheduledEngine(DescribedEngine):
     def __init__(
         self,
         scheduler: Scheduler,
-        request_id: str,
+        request_key: str,
         cancelled: Callable[[], bool],
         front_end_slot: threading.Semaphore | None = None,
     ) -> None:
         super().__init__(EngineDescription.of(scheduler.engine))
         self._scheduler = scheduler
-        self._request_id = request_id
+        self._request_key = request_key
         self._cancelled = cancelled
         self._slot = front_end_slot
 
@@ -205,7 +209,7 @@ class ScheduledEngine(DescribedEngine):
             raise CancelledRequestError("request cancelled")
         if self.capabilities.continuous_batching:
             return self._waiting(lambda: self._scheduler.run_now(kind, items, options))
-        future = self._scheduler.submit(self._request_id, kind, items, options)
+        future = self._scheduler.submit(self._request_key, kind, items, options)
         return self._waiting(future.result)
 
     def _waiting(self, wait: Callable[[], list[Any]]) -> list[Any]:
@@ -228,4 +232,4 @@ class ScheduledEngine(DescribedEngine):
         return self._call("align", items) if items else []
 
     def close(self) -> None:
-        self._scheduler.cancel(self._request_id)
+        self._scheduler.cancel(self._request_key)

@@ -1,5 +1,10 @@
 """Runs transcriptions for the HTTP layer: admission in audio-seconds, a worker thread per request,
-segments streamed back to the event loop, cancellation and deadlines."""
+segments streamed back to the event loop, cancellation and deadlines.
+
+A job's admission is released exactly once, by plain (never awaited) code: when its worker thread ends,
+or at once if its work never started. Cleanup that awaits can be cancelled again by a client that goes
+away, and a slot released there leaked for good.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.decode import AudioSource, probe_duration_s
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
@@ -20,8 +27,11 @@ from whisper_endpoint.decoding.transcribe import ChunkSource, RunInfo, iter_segm
 from whisper_endpoint.engines.base import Engine
 from whisper_endpoint.errors import (
     AudioTooLongError,
+    CancelledRequestError,
     OverloadedError,
     RequestTimeoutError,
+    ShuttingDownError,
+    WhisperEndpointError,
 )
 from whisper_endpoint.formats.transcript import Segment
 from whisper_endpoint.serving.frontend import MAX_POOLED_AUDIO_S, FrontEndProcesses
@@ -35,15 +45,22 @@ MIN_RETRY_AFTER_S = 1
 MAX_RETRY_AFTER_S = 600
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     source: AudioSource
     options: DecodeOptions
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the client's, for logs only
+    spool: Path | None = None  # the upload's temp file, deleted when the job is released
+    # The server's own id: it keys the scheduler's queues, so no client can name (and cancel) another's work.
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
     info: RunInfo = field(default_factory=RunInfo)
-    audio_s: float = 0.0
+    audio_s: float = 0.0  # charged against the queue limit: the header's duration, or what has been decoded
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
+    abort: WhisperEndpointError | None = None  # why the server stopped it, when it did (shutdown)
+    worker: Future[None] | None = None
+    released: bool = False
+    wake: Callable[[object], None] | None = None  # puts an item in front of the request's segment queue
 
 
 class TranscriptionService:
@@ -63,6 +80,8 @@ class TranscriptionService:
             processes = (os.cpu_count() or 1) if engine.capabilities.continuous_batching else 0
         self.front_end = FrontEndProcesses(processes) if processes else None
         self._lock = threading.Lock()
+        self._jobs: set[Job] = set()  # admitted and not yet released
+        self.draining = False  # set on SIGTERM: admit nothing more
         self.inflight = 0
         self.queued_audio_s = 0.0
         self.throughput = 0.0  # audio seconds per wall second, moving average
@@ -70,6 +89,7 @@ class TranscriptionService:
     def close(self) -> None:
         if self.front_end:
             self.front_end.close()
+        self.abort_all(ShuttingDownError("the server is shutting down"))
         self.scheduler.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -78,7 +98,10 @@ class TranscriptionService:
         return int(min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, self.queued_audio_s / rate)))
 
     def admit(self, job: Job) -> None:
-        """Refuse (429) when the queue of audio or of requests is full; otherwise count the job in."""
+        """Refuse (429) when the queue of audio or of requests is full; otherwise count the job in. Audio
+        whose header states no duration is charged as it decodes (`_charge`)."""
+        if self.draining:
+            raise ShuttingDownError("the server is shutting down")
         duration = probe_duration_s(job.source)
         if duration is not None and duration > self.settings.max_audio_duration_s:
             raise AudioTooLongError(
@@ -97,29 +120,55 @@ class TranscriptionService:
                 )
             self.inflight += 1
             self.queued_audio_s += job.audio_s
-        self.metrics.inflight.set(self.inflight)
-        self.metrics.queued_audio.set(self.queued_audio_s)
+            self._jobs.add(job)
+        job.info.on_decoded = lambda: self._charge(job)
+        self._publish()
+
+    def _charge(self, job: Job) -> None:
+        """Called by the worker as audio decodes: stop a request whose client left or that the server
+        aborted, and charge audio beyond what its header announced against the queue limit."""
+        if job.cancelled.is_set():
+            raise job.abort or CancelledRequestError("request cancelled")
+        decoded_s = job.info.samples / SAMPLE_RATE
+        if decoded_s <= job.audio_s:
+            return
+        with self._lock:
+            over = self.queued_audio_s + decoded_s - job.audio_s > self.settings.max_queued_audio_s
+            if over and self.inflight > 1:
+                self.metrics.rejected.labels("audio").inc()
+                raise OverloadedError(
+                    f"{self.queued_audio_s:.0f} s of audio are queued; retry later", retry_after_s=self.retry_after_s()
+                )
+            self.queued_audio_s += decoded_s - job.audio_s
+            job.audio_s = decoded_s
+        self._publish()
 
     async def segments(self, job: Job) -> AsyncIterator[Segment]:
         """Segments in audio order as they finish. Closing the iterator early cancels the work."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         slots = self.front_end_slots
-        engine = ScheduledEngine(self.scheduler, job.request_id, job.cancelled.is_set, slots)
+        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled.is_set, slots)
         source = AudioSource(job.source.path, job.source.raw_pcm, self.settings.max_audio_duration_s)
+
+        def put(item: object) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work() -> None:
             try:
                 with slots:
                     for segment in iter_segments(source, engine, job.options, job.info, None, self._chunker(job)):
-                        loop.call_soon_threadsafe(queue.put_nowait, segment)
+                        put(segment)
                         if job.cancelled.is_set():
                             break
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                put(_DONE)
             except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                put(exc)
 
-        future = loop.run_in_executor(self.pool, work)
+        job.wake = put
+        if job.cancelled.is_set() or job.released:
+            raise job.abort or CancelledRequestError("request cancelled")
+        job.worker = self.pool.submit(work)
         finished = False
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
@@ -130,7 +179,7 @@ class TranscriptionService:
                         break
                     if isinstance(item, BaseException):
                         finished = True
-                        raise item
+                        raise job.abort or item
                     assert isinstance(item, Segment)
                     yield item
         except TimeoutError as exc:
@@ -138,31 +187,64 @@ class TranscriptionService:
                 f"transcription took longer than {self.settings.request_timeout_s:.0f} s", code="timeout"
             ) from exc
         finally:
+            # Nothing awaited here: a client that goes away cancels this generator again at every await.
             if not finished:
-                job.cancelled.set()
-                self.scheduler.cancel(job.request_id)
                 self.metrics.cancelled_requests.inc()
-            await asyncio.shield(future)
-            self._finish(job, finished)
+            self._stop(job, completed=finished)
 
-    def _chunker(self, job: Job) -> ChunkSource:
-        if self.front_end and 0 < job.audio_s <= MAX_POOLED_AUDIO_S:
-            return self.front_end.speech_chunks
-        return local_speech_chunks
+    def end(self, job: Job) -> None:
+        """The HTTP side is done with the job (answered, failed, or the client left): stop its work, and
+        release it now if it never started (otherwise its worker releases it as it ends). Idempotent."""
+        self._stop(job, completed=False)
 
-    def _finish(self, job: Job, completed: bool) -> None:
-        elapsed = time.monotonic() - job.started
-        audio_s = job.info.duration_ms / 1000
+    def _stop(self, job: Job, completed: bool) -> None:
+        if not completed:
+            job.cancelled.set()
+            self.scheduler.cancel(job.key)
+        if job.worker is None:
+            self._release(job, completed)
+        else:
+            job.worker.add_done_callback(lambda _: self._release(job, completed))
+
+    def abort_all(self, error: WhisperEndpointError) -> int:
+        """Stop every admitted job with `error` (the grace period after SIGTERM is over); how many."""
         with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.abort = error
+            job.cancelled.set()
+            self.scheduler.cancel(job.key)
+            if job.wake is not None:
+                job.wake(error)
+        return len(jobs)
+
+    def _release(self, job: Job, completed: bool) -> None:
+        with self._lock:
+            if job.released:
+                return
+            job.released = True
+            self._jobs.discard(job)
             self.inflight -= 1
             self.queued_audio_s = max(0.0, self.queued_audio_s - job.audio_s)
+            elapsed = time.monotonic() - job.started
+            audio_s = job.info.duration_ms / 1000
             if completed and elapsed > 0 and audio_s > 0:
                 rate = audio_s / elapsed * max(1, self.inflight + 1)
                 self.throughput = rate if not self.throughput else 0.8 * self.throughput + 0.2 * rate
-        self.metrics.inflight.set(self.inflight)
-        self.metrics.queued_audio.set(self.queued_audio_s)
+        if job.spool is not None:
+            job.spool.unlink(missing_ok=True)
+        self._publish()
         if completed:
             self.metrics.audio_seconds.inc(audio_s)
             self.metrics.processing.observe(elapsed)
             self.metrics.realtime_factor.set(self.throughput)
             self.metrics.fallbacks.inc(job.info.fallbacks)
+
+    def _publish(self) -> None:
+        self.metrics.inflight.set(self.inflight)
+        self.metrics.queued_audio.set(self.queued_audio_s)
+
+    def _chunker(self, job: Job) -> ChunkSource:
+        if self.front_end and 0 < job.audio_s <= MAX_POOLED_AUDIO_S:
+            return self.front_end.speech_chunks
+        return local_speech_chunks

@@ -1,4 +1,9 @@
-"""Graceful shutdown: on SIGTERM (or Ctrl-C) stop admitting, let in-flight requests finish, exit 0."""
+"""Graceful shutdown: on SIGTERM (or Ctrl-C) stop admitting, let in-flight requests finish, exit 0.
+
+Requests still running when the grace period ends are stopped by the service and answered 503
+`shutting_down` in OpenAI's envelope (an error event for a stream) before the server stops, rather
+than being cut off by the server's own shutdown (a bare 500, or a dropped connection).
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,24 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from whisper_endpoint.config import Settings
+from whisper_endpoint.errors import ShuttingDownError
+from whisper_endpoint.serving.http import guarded_protocol
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1
 CLOSE_CONNECTIONS_S = 5  # after the drain: time for idle keep-alive connections to close
+ANSWER_ABORTED_S = 10  # after the grace period: time for stopped requests to send their 503
 
 
 def begin_drain(app: FastAPI) -> None:
-    """From now on /ready and new transcription requests answer 503 (the app's gatekeeper reads the flag)."""
+    """From now on /ready and new transcription requests answer 503 (the app's gatekeeper reads the flag;
+    the service refuses uploads whose body was still arriving)."""
     app.state.draining = True
+    service = getattr(app.state, "service", None)
+    if service is not None:
+        service.draining = True
 
 
 def inflight_requests(app: FastAPI) -> int:
@@ -57,24 +71,29 @@ class DrainingServer(uvicorn.Server):
         deadline = time.monotonic() + self.grace_s
         while inflight_requests(self.app) and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        left = inflight_requests(self.app)
-        if left:
-            log.warning("grace period over: cancelling %d request(s)", left)
+        service = getattr(self.app.state, "service", None)
+        if inflight_requests(self.app) and service is not None:
+            stopped = service.abort_all(ShuttingDownError("the server shut down before this request finished"))
+            log.warning("grace period over: answering %d request(s) 503 shutting_down", stopped)
+            deadline = time.monotonic() + ANSWER_ABORTED_S
+            while inflight_requests(self.app) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
         self.should_exit = True
 
 
 KEEP_ALIVE_S = 75  # longer than typical client pool idle timeouts
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str, grace_s: float) -> None:
+def serve(app: FastAPI, settings: Settings) -> None:
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
-        log_level=log_level,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=guarded_protocol(settings),
         timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
         # Clients pool connections (the OpenAI SDK does); closing an idle one after uvicorn's 5 s races
         # with the client's next request on it, which then fails (seen under load as read errors).
         timeout_keep_alive=KEEP_ALIVE_S,
     )
-    DrainingServer(config, app, grace_s).run()
+    DrainingServer(config, app, settings.shutdown_grace_s).run()
