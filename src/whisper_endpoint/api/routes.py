@@ -86,6 +86,8 @@ def _check_model(request: Request, model: str | None) -> None:
 
 async def _spool(upload: UploadFile, spool_dir: Path) -> Path:
     """Copy the upload to our own temp file, deleted when the job is released."""
+    if upload.filename and not upload.filename.isprintable():
+        raise InvalidRequestError("the file name contains control characters", param="file")
     # The client's extension only helps FFmpeg guess the container: letters and digits, nothing else.
     extension = re.sub(r"[^A-Za-z0-9]", "", Path(upload.filename or "").suffix)[:15]
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=f".{extension}" if extension else "", dir=spool_dir)

@@ -98,6 +98,8 @@ def _decoded_pieces(source: AudioSource) -> Iterator[np.ndarray]:
                 "the file has no audio stream (headerless PCM must be declared as s16le, 16 kHz, mono)", param="file"
             )
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # e.g. a WAV header with 0 bits per sample
+            raise AudioDecodeError("the audio stream's codec parameters are invalid or unsupported", param="file")
         # One decoder thread per file: requests decode in parallel already, and a server's worth of
         # frame-threaded decoders, each with a thread per core, measured slower than none.
         stream.codec_context.thread_count = 1
