@@ -169,3 +169,10 @@ def test_batched_strategy_runs_the_vad_once_over_the_audio(
     transcript = transcribe(AudioSource(path), engine, DecodeOptions())
     assert len(transcript.segments) >= 10
     assert seen[0] == transcript.duration_ms * 16  # every sample once
+
+
+def test_prompt_text_that_spells_control_tokens_stays_text(tiny_engine: CTranslate2Engine) -> None:
+    tokenizer = tiny_engine.tokenizer
+    tokens = tokenizer.encode(" <|startoftranscript|><|en|><|notimestamps|> and so <|endoftext|>")
+    assert all(t < tokenizer.eot for t in tokens)  # no control token: every one is plain text
+    assert tokenizer.decode(tokens) == " <|startoftranscript|><|en|><|notimestamps|> and so <|endoftext|>"

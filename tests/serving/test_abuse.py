@@ -79,18 +79,22 @@ def test_dropped_streams_release_their_admission(server: ServerProcess) -> None:
 
 
 def test_a_request_with_the_same_id_cannot_cancel_another(server: ServerProcess) -> None:
-    victim: list[httpx.Response] = []
     same = {"x-request-id": "shared-id"}
-    thread = threading.Thread(target=lambda: victim.append(_transcribe(server, LONG_SPEECH, headers=same)))
-    thread.start()
-    assert wait_for(lambda: server.metric("whisper_requests_inflight") == 1, 10)
-    for _ in range(3):  # clients that send the victim's id, then leave while queued beside it
+
+    def attacker() -> None:  # sends the victim's id, then leaves while its work is queued beside the victim's
         with pytest.raises(httpx.ReadTimeout):
-            _transcribe(server, LONG_SPEECH, headers=same, timeout=httpx.Timeout(30, read=1.0))
-    thread.join(timeout=120)
-    assert victim[0].status_code == 200, victim[0].text
-    assert victim[0].headers["x-request-id"] == "shared-id"  # still echoed
-    assert len(victim[0].json()["text"]) > 500
+            _transcribe(server, LONG_SPEECH, headers=same, timeout=httpx.Timeout(30, read=2.5))
+
+    attackers = [threading.Thread(target=attacker) for _ in range(2)]
+    for t in attackers:
+        t.start()
+    assert wait_for(lambda: server.metric("whisper_requests_inflight") == 2, 10)
+    victim = _transcribe(server, LONG_SPEECH, headers=same)  # queued behind the attackers' windows
+    for t in attackers:
+        t.join()
+    assert victim.status_code == 200, victim.text
+    assert victim.headers["x-request-id"] == "shared-id"  # still echoed
+    assert len(victim.json()["text"]) > 500
 
 
 def test_audio_without_a_duration_is_charged_as_it_decodes(server: ServerProcess, tmp_path: Path) -> None:

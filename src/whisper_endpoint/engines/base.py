@@ -6,6 +6,7 @@ them (`Capabilities.log_mel_input`), our log-mel features [n_mels, 3000].
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
@@ -39,6 +40,16 @@ class SamplingOptions:
     token_logprobs: bool = False
     max_initial_timestamp_index: int = 50
     no_speech_prob: bool = True  # False: the engine may skip computing it and report None
+
+
+def sampling_seed(window: WindowInput, temperature: float) -> int:
+    """The random seed for sampling one window at a temperature above 0 (Whisper's fallback): made from the
+    window's own audio and prompt, so its text never depends on which other windows, of this request or
+    another, were sampled beside it or before it."""
+    content = window.samples if window.samples is not None else window.features
+    seed = zlib.crc32(np.ascontiguousarray(content).tobytes()) if content is not None else 0
+    seed = zlib.crc32(np.asarray(window.prompt, np.int64).tobytes(), seed)
+    return zlib.crc32(f"{temperature:.3f}".encode(), seed)
 
 
 @dataclass(frozen=True)

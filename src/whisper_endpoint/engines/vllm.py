@@ -22,7 +22,15 @@ from typing import Any
 from whisper_endpoint.config import Settings
 from whisper_endpoint.convert import convert
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
-from whisper_endpoint.engines.base import AlignInput, Alignment, Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import (
+    AlignInput,
+    Alignment,
+    Capabilities,
+    Generation,
+    SamplingOptions,
+    WindowInput,
+    sampling_seed,
+)
 from whisper_endpoint.engines.vllm_driver import EngineDriver
 from whisper_endpoint.engines.vllm_inputs import FeatureInputs, audio_prompt, check_window, torch_log_mel
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
@@ -349,6 +357,9 @@ class VllmEngine:
         kwargs = [
             sampling_kwargs(options, len(w.prompt), self._forced(w), self.scores, self.model_suppress) for w in windows
         ]
+        if options.temperature > 0:  # Whisper's fallback: each window's draws are its own
+            for window, kw in zip(windows, kwargs, strict=True):
+                kw["seed"] = sampling_seed(window, options.temperature)
         outputs = self._submit(windows, kwargs)
         generations = []
         for window, output in zip(windows, outputs, strict=True):
