@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,15 @@ class ServerProcess:
     def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
         self.proc = proc
         self.url = url
+        # Read the server's output as it comes: a full pipe would block the server on its next log line.
+        self._output: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._output.append(line)
 
     def metric(self, name: str) -> float:
         return metric_value(httpx.get(f"{self.url}/metrics", timeout=10).text, name)
@@ -31,7 +41,10 @@ class ServerProcess:
         raise KeyError(field)
 
     def log(self) -> str:
-        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+        """Everything the server printed; complete once it has exited."""
+        if self.proc.poll() is not None:
+            self._reader.join(timeout=10)
+        return b"".join(self._output).decode(errors="replace")
 
 
 @contextmanager
@@ -46,9 +59,10 @@ def server_process(tmp_dir: Path, model: str = "tiny.en", **env: str) -> Iterato
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    server = ServerProcess(proc, url)
     try:
         wait_ready(url, proc, 120)
-        yield ServerProcess(proc, url)
+        yield server
     finally:
         if proc.poll() is None:
             proc.kill()
