@@ -83,11 +83,18 @@ def test_translation_and_language_detection(client: OpenAI) -> None:
     assert detected.language == "german"
     with german.path.open("rb") as f:
         translated = client.audio.translations.create(model="whisper-1", file=f, response_format="verbose_json")
-    assert translated.language == "german"
+    assert translated.language == "english"  # the spec: a translation's language is its output's
     assert translated.text and translated.text != detected.text
+    with german.path.open("rb") as f:  # candidates restrict detection: German audio, Spanish or Italian allowed
+        forced = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="json", extra_body={"languages": ["es", "it"]}
+        )
+    assert forced.languages and forced.languages[0].code in ("es", "it")
 
 
 def test_models(client: OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == ["base"]
+    assert [m.id for m in models.data] == ["whisper-1", "base"]  # the alias clients send, and what serves it
+    assert all(m.model_extra and m.model_extra["root"] == "base" for m in models.data)
+    assert client.models.retrieve("whisper-1").id == "whisper-1"
     assert client.models.retrieve("base").id == "base"

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from whisper_endpoint.formats.render import format_timestamp, render_srt, render_verbose_json, render_vtt
+from whisper_endpoint.formats.render import (
+    format_timestamp,
+    render_json,
+    render_srt,
+    render_verbose_json,
+    render_vtt,
+    usage_tokens,
+)
 from whisper_endpoint.formats.transcript import Segment, Transcript, Word
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -41,8 +48,39 @@ def test_verbose_json_follows_openai_quirks() -> None:
     both = render_verbose_json(TRANSCRIPT, segments=True, words=True)
     assert both["language"] == "english" and both["duration"] == 3725.5
     assert both["usage"] == {"type": "duration", "seconds": 3726}
-    assert both["words"] == [{"word": " And", "start": 1.001, "end": 1.4}]
+    assert both["words"] == [{"word": "And", "start": 1.001, "end": 1.4}]  # OpenAI's words have no leading space
+    assert both["languages"] == [{"code": "en"}]
     words_only = render_verbose_json(TRANSCRIPT, segments=False, words=True)
     assert "segments" not in words_only and "words" in words_only
     segments_only = render_verbose_json(TRANSCRIPT)
     assert "words" not in segments_only and len(segments_only["segments"]) == 3
+
+
+def test_translation_reports_english_and_no_detected_languages() -> None:
+    german = Transcript("translate", "de", 1000, (_segment(0, 0, 1000, " Hello."),))
+    verbose = render_verbose_json(german)
+    assert verbose["language"] == "english" and "languages" not in verbose
+    assert "languages" not in render_json(german)
+    assert render_json(TRANSCRIPT)["languages"] == [{"code": "en"}]
+
+
+def test_cue_text_cannot_forge_cues_or_markup() -> None:
+    crafted = Transcript(
+        "transcribe", "en", 2000, (_segment(0, 0, 2000, " a --> b\n\n99\n00:00:00,000 --> 00:00:09,000 <b>&</b>"),)
+    )
+    srt, vtt = render_srt(crafted), render_vtt(crafted)
+    assert srt.count("-->") == 1 and vtt.count("-->") == 1  # only the cue's own timing line
+    assert "\n\n99" not in srt  # no blank line inside a cue
+    assert "&lt;b&gt;&amp;&lt;/b&gt;" in vtt and "<b>" not in vtt
+
+
+def test_stream_usage_counts_audio_prompt_and_output_tokens() -> None:
+    used = usage_tokens(TRANSCRIPT, prompt_tokens=7)
+    audio = 3726 * 50 - 25  # 3,725.5 s at 50 encoder positions a second
+    assert used == {
+        "type": "tokens",
+        "input_tokens": audio + 7,
+        "input_token_details": {"text_tokens": 7, "audio_tokens": audio},
+        "output_tokens": 3,
+        "total_tokens": audio + 7 + 3,
+    }

@@ -54,6 +54,23 @@ def _chunking(form: FormData, value: str | None, default: Strategy) -> Strategy:
     return "batched"
 
 
+def _language(value: str, param: str) -> str:
+    code = normalize_language(value)
+    if code is None:
+        raise InvalidRequestError(f"unsupported language {value[:64]!r}; use an ISO-639-1 code", param=param)
+    return code
+
+
+def _with_keywords(prompt: str | None, keywords: list[str] | None) -> str | None:
+    """Keywords bias decoding the way Whisper understands: as earlier text it conditions on, where a word's
+    spelling makes that spelling likelier. They follow the prompt, as a comma-separated list."""
+    words = [k.strip() for k in keywords or [] if k.strip()]
+    if not words:
+        return prompt or None
+    listed = ", ".join(words) + "."
+    return f"{prompt.strip()} {listed}" if prompt and prompt.strip() else listed
+
+
 def parse_audio_request(
     form: FormData,
     *,
@@ -68,26 +85,26 @@ def parse_audio_request(
     include: list[str] | None = None,
     stream: bool | None = None,
     chunking_strategy: str | None = None,
+    languages: list[str] | None = None,
+    keywords: list[str] | None = None,
 ) -> AudioRequest:
     fmt = response_format or "json"
     if fmt not in RESPONSE_FORMATS:
         raise InvalidRequestError(
             f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", param="response_format"
         )
-    code = None
-    if language:
-        code = normalize_language(language)
-        if code is None:
-            raise InvalidRequestError(f"unsupported language {language!r}; use an ISO-639-1 code", param="language")
+    code = _language(language, "language") if language else None
+    candidates = tuple(_language(code, "languages[]") for code in languages or [])
     grains = frozenset(granularities or ["segment"])
     unknown = grains - {"segment", "word"}
     if unknown:
         raise InvalidRequestError(
             "timestamp_granularities[] takes 'segment' and/or 'word'", param="timestamp_granularities[]"
         )
-    if granularities and fmt != "verbose_json":
+    # OpenAI accepts `segment` (the default) with any format; words need verbose_json to appear in.
+    if "word" in grains and fmt != "verbose_json":
         raise InvalidRequestError(
-            "timestamp_granularities[] requires response_format=verbose_json", param="timestamp_granularities[]"
+            "timestamp_granularities[]=word requires response_format=verbose_json", param="timestamp_granularities[]"
         )
     includes = frozenset(include or [])
     if includes - {"logprobs"}:
@@ -97,7 +114,8 @@ def parse_audio_request(
     options = DecodeOptions(
         task=task,
         language=code,
-        prompt=prompt or None,
+        languages=candidates,
+        prompt=_with_keywords(prompt, keywords),
         temperatures=_temperatures(temperature),
         word_timestamps="word" in grains,
         token_logprobs="logprobs" in includes,

@@ -40,6 +40,8 @@ FORM_LIMITS = {"max_files": 1, "max_fields": 64, "max_part_size": 64 * 1024}
 TRANSLATION_FIELDS = frozenset({"file", "model", "prompt", "response_format", "temperature"})
 TRANSCRIPTION_FIELDS = TRANSLATION_FIELDS | {
     "language",
+    "languages[]",
+    "keywords[]",
     "timestamp_granularities[]",
     "include[]",
     "stream",
@@ -170,11 +172,17 @@ def _sse(event: dict[str, Any]) -> bytes:
 
 
 async def _stream(service: TranscriptionService, job: Job, req: AudioRequest) -> AsyncIterator[bytes]:
+    """OpenAI's events: a delta and a segment per segment, then done. The deltas joined are exactly the
+    done event's text (the first loses its leading space, none keeps trailing ones)."""
     segments: list[Segment] = []
+    text = ""
     try:
         async for segment in service.segments(job):
             segments.append(segment)
-            delta: dict[str, Any] = {"type": "transcript.text.delta", "delta": segment.text}
+            piece = segment.text.rstrip()
+            piece = piece if text else piece.lstrip()
+            text += piece
+            delta: dict[str, Any] = {"type": "transcript.text.delta", "delta": piece}
             if req.include_logprobs:
                 delta["logprobs"] = [
                     {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in segment.logprobs
@@ -186,14 +194,17 @@ async def _stream(service: TranscriptionService, job: Job, req: AudioRequest) ->
                     "id": str(segment.id),
                     "start": segment.start_ms / 1000,
                     "end": segment.end_ms / 1000,
-                    "text": segment.text,
+                    "text": segment.text.strip(),
+                    "speaker": render.STREAM_SPEAKER,
                 }
             )
         transcript = Transcript(job.options.task, job.info.language or "en", job.info.duration_ms, tuple(segments))
-        done: dict[str, Any] = {"type": "transcript.text.done", "text": transcript.text}
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": text}
+        if job.options.task == "transcribe":
+            done["languages"] = render.languages(transcript)
         if req.include_logprobs:
             done["logprobs"] = render.render_json(transcript, include_logprobs=True)["logprobs"]
-        done["usage"] = render.usage(transcript)
+        done["usage"] = render.usage_tokens(transcript, job.info.prompt_tokens)
         yield _sse(done)
     except WhisperEndpointError as exc:
         yield _sse(
@@ -289,6 +300,17 @@ def build_router() -> APIRouter:
         ] = None,
         stream: StreamField = None,
         chunking_strategy: Annotated[str | None, Form(description="`auto`, or a JSON `server_vad` object.")] = None,
+        languages: Annotated[
+            list[str] | None,
+            Form(alias="languages[]", description="Candidate languages (ISO-639-1): detection chooses among them."),
+        ] = None,
+        keywords: Annotated[
+            list[str] | None,
+            Form(
+                alias="keywords[]",
+                description="Words or phrases to favour: given to Whisper after the prompt, as a comma-separated list.",
+            ),
+        ] = None,
     ) -> Response:
         return await _handle(
             request,
@@ -303,6 +325,8 @@ def build_router() -> APIRouter:
             include=include,
             stream=stream,
             chunking_strategy=chunking_strategy,
+            languages=languages,
+            keywords=keywords,
         )
 
     @router.post(
@@ -325,20 +349,23 @@ def build_router() -> APIRouter:
 
     @router.get("/models", summary="List models")
     async def list_models(request: Request) -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(request)]}
+        served: str = request.app.state.model_id
+        return {"object": "list", "data": [_model_card(request, "whisper-1"), _model_card(request, served)]}
 
     @router.get("/models/{model_id:path}", summary="Retrieve a model")
     async def get_model(request: Request, model_id: str) -> dict[str, Any]:
         _check_model(request, model_id)
-        return _model_card(request)
+        return _model_card(request, model_id)
 
     return router
 
 
-def _model_card(request: Request) -> dict[str, Any]:
+def _model_card(request: Request, model_id: str) -> dict[str, Any]:
+    """OpenAI's model object under the id asked for; `root` names the served model behind an alias."""
     return {
-        "id": request.app.state.model_id,
+        "id": model_id,
         "object": "model",
         "created": int(request.app.state.started_at),
         "owned_by": "whisper-endpoint",
+        "root": request.app.state.model_id,
     }

@@ -20,6 +20,7 @@ MAX_PROMPT_TOKENS = 223  # half the decoder context minus one, as openai/whisper
 class DecodeOptions:
     task: Task = "transcribe"
     language: str | None = None  # None: detect
+    languages: tuple[str, ...] = ()  # detection chooses among these (all when empty)
     prompt: str | None = None
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     beam_size: int = 1

@@ -40,6 +40,7 @@ class RunInfo:
     samples: int = 0
     windows: int = 0
     fallbacks: int = 0
+    prompt_tokens: int = 0  # text tokens of the request's prompt (usage)
     # Called as each block of audio is decoded (the server charges it and may stop the work by raising).
     on_decoded: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
@@ -98,13 +99,14 @@ def iter_segments(
     ctx = _Context(engine, options, info)
     if options.prompt:
         ctx.prompt_tokens = engine.tokenizer.encode(" " + options.prompt.strip())
+        info.prompt_tokens = len(ctx.prompt_tokens)
     if not engine.multilingual:
         info.language = "en"
         if options.task == "translate" or options.language not in (None, "en"):
+            wanted = "translate" if options.task == "translate" else f"transcribe {options.language!r}"
             raise UnsupportedFeatureError(
-                f"model {engine.model_name} is English-only: it can neither translate nor transcribe "
-                f"{options.language!r}",
-                param="language" if options.language else "model",
+                f"model {engine.model_name} is English-only: it cannot {wanted}",
+                param="language" if options.task == "transcribe" else "model",
             )
     elif options.language:
         info.language = options.language
@@ -137,17 +139,24 @@ def _features(engine: Engine, samples: np.ndarray) -> np.ndarray | None:
 
 def _detect_language(ctx: _Context, features: np.ndarray | None, samples: np.ndarray) -> None:
     if ctx.info.language is None:
-        ctx.info.language, ctx.info.language_probability = detect_language(ctx.engine, samples, features)
+        ctx.info.language, ctx.info.language_probability = detect_language(
+            ctx.engine, samples, features, ctx.options.languages
+        )
 
 
-def detect_language(engine: Engine, samples: np.ndarray, features: np.ndarray | None = None) -> tuple[str, float]:
+def detect_language(
+    engine: Engine, samples: np.ndarray, features: np.ndarray | None = None, candidates: tuple[str, ...] = ()
+) -> tuple[str, float]:
     """The likeliest language of a window of audio (the first speech chunk, as transcription detects it) and its
-    probability; `features`: the window's log-mel where already computed."""
+    probability; `features`: the window's log-mel where already computed; `candidates`: the languages to choose
+    among (all when empty)."""
     if not engine.capabilities.language_detection:
         raise UnsupportedFeatureError(f"the {engine.name} engine cannot detect the language", param="language")
     if features is None:
         features = _features(engine, samples)
     probs = engine.detect_language([WindowInput(features, (), samples_to_ms(len(samples)), samples)])[0]
+    if candidates:
+        probs = {code: prob for code, prob in probs.items() if code in candidates} or probs
     code, prob = max(probs.items(), key=lambda kv: kv[1])
     return code, prob
 

@@ -20,8 +20,39 @@ def format_timestamp(ms: int, decimal: str = ",", always_hours: bool = True) -> 
     return f"{head}{minutes:02d}:{seconds:02d}{decimal}{millis:03d}"
 
 
+AUDIO_TOKENS_PER_S = 50  # Whisper's encoder: 1,500 positions per 30 s window
+STREAM_SPEAKER = "A"  # the stream's segment events need a speaker; without diarization every segment is "A"
+
+
 def usage(transcript: Transcript) -> dict[str, Any]:
     return {"type": "duration", "seconds": math.ceil(transcript.duration_ms / 1000)}
+
+
+def usage_tokens(transcript: Transcript, prompt_tokens: int) -> dict[str, Any]:
+    """The stream's `transcript.text.done` usage, in tokens as OpenAI's spec requires there: the audio as the
+    encoder positions it fills, the prompt's text tokens, and every token the decoder produced."""
+    audio = math.ceil(transcript.duration_ms * AUDIO_TOKENS_PER_S / 1000)
+    output = sum(len(s.tokens) for s in transcript.segments)
+    return {
+        "type": "tokens",
+        "input_tokens": audio + prompt_tokens,
+        "input_token_details": {"text_tokens": prompt_tokens, "audio_tokens": audio},
+        "output_tokens": output,
+        "total_tokens": audio + prompt_tokens + output,
+    }
+
+
+def languages(transcript: Transcript) -> list[dict[str, str]]:
+    return [{"code": transcript.language}]
+
+
+def _cue(text: str) -> str:
+    """A cue's text: never an arrow that would read as a new cue's timing line, never a blank line."""
+    return " ".join(text.replace("-->", "->").split())
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_text(transcript: Transcript) -> str:
@@ -32,7 +63,7 @@ def render_srt(transcript: Transcript) -> str:
     blocks = []
     for index, segment in enumerate(transcript.segments, start=1):
         start, end = format_timestamp(segment.start_ms), format_timestamp(segment.end_ms)
-        blocks.append(f"{index}\n{start} --> {end}\n{segment.text.strip()}\n")
+        blocks.append(f"{index}\n{start} --> {end}\n{_cue(segment.text)}\n")
     return "\n".join(blocks) + ("\n" if blocks else "")
 
 
@@ -41,12 +72,14 @@ def render_vtt(transcript: Transcript) -> str:
     for segment in transcript.segments:
         start = format_timestamp(segment.start_ms, ".")
         end = format_timestamp(segment.end_ms, ".")
-        blocks.append(f"{start} --> {end}\n{segment.text.strip()}\n")
+        blocks.append(f"{start} --> {end}\n{_vtt_escape(_cue(segment.text))}\n")
     return "\n".join(blocks) + "\n"
 
 
 def render_json(transcript: Transcript, include_logprobs: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"text": transcript.text}
+    if transcript.task == "transcribe":
+        body["languages"] = languages(transcript)
     if include_logprobs:
         body["logprobs"] = [
             {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.bytes)}
@@ -77,14 +110,17 @@ def segment_json(segment: Segment) -> dict[str, Any]:
 
 
 def word_json(word: Word) -> dict[str, Any]:
-    return {"word": word.word, "start": _seconds(word.start_ms), "end": _seconds(word.end_ms)}
+    return {"word": word.word.strip(), "start": _seconds(word.start_ms), "end": _seconds(word.end_ms)}
 
 
 def render_verbose_json(transcript: Transcript, segments: bool = True, words: bool = False) -> dict[str, Any]:
     """OpenAI's shape: `words` only when asked; `["word"]` alone leaves out `segments`."""
     body: dict[str, Any] = {
         "task": transcript.task,
-        "language": LANGUAGES.get(transcript.language, transcript.language),
+        # A translation's text is English, and the spec says its language is.
+        "language": "english"
+        if transcript.task == "translate"
+        else LANGUAGES.get(transcript.language, transcript.language),
         "duration": _seconds(transcript.duration_ms),
         "text": transcript.text,
     }
@@ -92,5 +128,7 @@ def render_verbose_json(transcript: Transcript, segments: bool = True, words: bo
         body["words"] = [word_json(w) for w in transcript.words]
     if segments:
         body["segments"] = [segment_json(s) for s in transcript.segments]
+    if transcript.task == "transcribe":
+        body["languages"] = languages(transcript)
     body["usage"] = usage(transcript)
     return body

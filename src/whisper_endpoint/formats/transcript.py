@@ -45,7 +45,8 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return "".join(s.text for s in self.segments).strip()
+        # The same text as the stream's deltas joined (api.routes): trailing spaces of a segment never count.
+        return "".join(s.text.rstrip() for s in self.segments).strip()
 
     @property
     def words(self) -> tuple[Word, ...]:
