@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from whisper_endpoint import __version__
 from whisper_endpoint.decoding.languages import normalize_language
-from whisper_endpoint.errors import WhisperEndpointError
+from whisper_endpoint.errors import EngineUnavailableError, WhisperEndpointError
 
 FORMAT_SUFFIX = {"txt": "txt", "text": "txt", "json": "json", "verbose_json": "json", "srt": "srt", "vtt": "vtt"}
 
@@ -23,29 +24,37 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     from whisper_endpoint.audio.decode import AudioSource, probe_duration_s
     from whisper_endpoint.config import Settings
-    from whisper_endpoint.decoding.options import DecodeOptions
+    from whisper_endpoint.decoding.options import DecodeOptions, with_keywords
     from whisper_endpoint.decoding.transcribe import transcribe
     from whisper_endpoint.engines import load_engine
     from whisper_endpoint.formats import render
 
+    missing = [path for path in args.files if not Path(path).is_file()]
+    if missing:  # before the model loads: a typo should not cost a model load
+        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     language = None
     if args.language:
         language = normalize_language(args.language)
         if language is None:
             print(f"error: unknown language {args.language!r}", file=sys.stderr)
             return 2
+    candidates = tuple(normalize_language(code) or code for code in args.languages or ())
     settings = Settings(model=args.model, engine=args.engine)
     engine = load_engine(settings)
     options = DecodeOptions(
         task=args.task,
         language=language,
-        prompt=args.prompt,
+        languages=candidates,
+        prompt=with_keywords(args.prompt, args.keywords),
         word_timestamps=args.word_timestamps,
         strategy=args.strategy,
         beam_size=args.beam_size,
         report_no_speech_prob=args.format == "verbose_json",
     )
     failures = 0
+    documents: dict[str, Any] = {}  # json formats with several files to stdout: one document, by file
+    labelled = len(args.files) > 1 and not args.output_dir
     for path in args.files:
         source = AudioSource(Path(path), raw_pcm=args.raw_pcm)
         try:
@@ -69,13 +78,18 @@ def _transcribe(args: argparse.Namespace) -> int:
             print(f"error: {path}: {exc.message}", file=sys.stderr)
             failures += 1
             continue
-        if args.format in ("txt", "text"):
+        if args.format in ("json", "verbose_json"):
+            body = (
+                render.render_json(transcript)
+                if args.format == "json"
+                else render.render_verbose_json(transcript, words=args.word_timestamps)
+            )
+            if labelled:
+                documents[path] = body
+                continue
+            output = json.dumps(body, ensure_ascii=False, indent=2 if args.format == "verbose_json" else None) + "\n"
+        elif args.format in ("txt", "text"):
             output = render.render_text(transcript)
-        elif args.format == "json":
-            output = json.dumps(render.render_json(transcript), ensure_ascii=False) + "\n"
-        elif args.format == "verbose_json":
-            body = render.render_verbose_json(transcript, words=args.word_timestamps)
-            output = json.dumps(body, ensure_ascii=False, indent=2) + "\n"
         elif args.format == "srt":
             output = render.render_srt(transcript)
         else:
@@ -83,9 +97,14 @@ def _transcribe(args: argparse.Namespace) -> int:
         if args.output_dir:
             out_dir = Path(args.output_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{Path(path).stem}.{FORMAT_SUFFIX[args.format]}").write_text(output, encoding="utf-8")
+            written = out_dir / f"{Path(path).stem}.{FORMAT_SUFFIX[args.format]}"
+            written.write_text(output, encoding="utf-8")
+            print(written)
         else:
-            sys.stdout.write(output)
+            sys.stdout.write(f"==> {path} <==\n{output}\n" if labelled else output)
+            sys.stdout.flush()
+    if documents:
+        sys.stdout.write(json.dumps(documents, ensure_ascii=False, indent=2) + "\n")
     return 1 if failures else 0
 
 
@@ -102,9 +121,21 @@ def _limit_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
+def _check_port(host: str, port: int) -> None:
+    """A busy port fails here, in one line, before the model loads and "ready" is logged."""
+    import socket
+
+    try:
+        with socket.create_server((host, port), reuse_port=False):
+            pass
+    except OSError as exc:
+        raise EngineUnavailableError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     from whisper_endpoint.api.app import create_app
     from whisper_endpoint.config import Settings
+    from whisper_endpoint.engines import check_engine
     from whisper_endpoint.serving.shutdown import serve
 
     overrides = {
@@ -119,6 +150,8 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
+    check_engine(settings)
+    _check_port(settings.host, settings.port)
     _limit_malloc_arenas()
     app = create_app(settings)
     serve(app, settings)
@@ -136,8 +169,16 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting_help(name: str, what: str) -> str:
+    from whisper_endpoint.config import Settings
+
+    default = Settings.model_fields[name].default
+    return f"{what} (default: {default}; env: WHISPER_{name.upper()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisper-endpoint", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("transcribe", help="transcribe audio files")
@@ -147,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--language", help="code or name; detected when left out")
     t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     t.add_argument("--prompt", help="text to condition the first window on")
+    t.add_argument("--languages", nargs="+", metavar="CODE", help="detect the language among these only")
+    t.add_argument("--keywords", nargs="+", metavar="WORD", help="words to favour (given to Whisper after the prompt)")
     t.add_argument("--format", default="txt", choices=sorted(FORMAT_SUFFIX))
     t.add_argument("--output-dir", help="write FILE.<ext> there instead of printing")
     t.add_argument("--word-timestamps", action="store_true")
@@ -156,12 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_transcribe)
 
-    s = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--model")
-    s.add_argument("--engine", choices=["auto", "ctranslate2", "vllm"])
-    s.add_argument("--gpus", type=int, help="vLLM: one engine per GPU on this many GPUs (0: all visible)")
+    s = sub.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible HTTP API",
+        description="Serve the OpenAI-compatible HTTP API. Flags override WHISPER_* environment variables, which "
+        "override the defaults; every other setting is a WHISPER_* variable only (README, Settings).",
+    )
+    s.add_argument("--host", help=_setting_help("host", "address to listen on"))
+    s.add_argument("--port", type=int, help=_setting_help("port", "port to listen on"))
+    s.add_argument("--model", help=_setting_help("model", "bundled alias (base, tiny.en), a folder or a hub id"))
+    s.add_argument("--engine", choices=["auto", "ctranslate2", "vllm"], help=_setting_help("engine", "the engine"))
+    s.add_argument("--gpus", type=int, help=_setting_help("gpus", "vLLM: one engine per GPU on this many (0: all)"))
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("convert", help="write a CTranslate2 model in the Hugging Face layout (for --engine vllm)")
@@ -181,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `transcribe ... | head`: the reader left; end quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except WhisperEndpointError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

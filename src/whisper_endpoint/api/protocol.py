@@ -9,7 +9,7 @@ from typing import Literal
 from starlette.datastructures import FormData
 
 from whisper_endpoint.decoding.languages import normalize_language
-from whisper_endpoint.decoding.options import DEFAULT_TEMPERATURES, DecodeOptions, Strategy, Task
+from whisper_endpoint.decoding.options import DEFAULT_TEMPERATURES, DecodeOptions, Strategy, Task, with_keywords
 from whisper_endpoint.errors import InvalidRequestError
 from whisper_endpoint.formats.render import RESPONSE_FORMATS
 
@@ -61,16 +61,6 @@ def _language(value: str, param: str) -> str:
     return code
 
 
-def _with_keywords(prompt: str | None, keywords: list[str] | None) -> str | None:
-    """Keywords bias decoding the way Whisper understands: as earlier text it conditions on, where a word's
-    spelling makes that spelling likelier. They follow the prompt, as a comma-separated list."""
-    words = [k.strip() for k in keywords or [] if k.strip()]
-    if not words:
-        return prompt or None
-    listed = ", ".join(words) + "."
-    return f"{prompt.strip()} {listed}" if prompt and prompt.strip() else listed
-
-
 def parse_audio_request(
     form: FormData,
     *,
@@ -115,7 +105,7 @@ def parse_audio_request(
         task=task,
         language=code,
         languages=candidates,
-        prompt=_with_keywords(prompt, keywords),
+        prompt=with_keywords(prompt, keywords),
         temperatures=_temperatures(temperature),
         word_timestamps="word" in grains,
         token_logprobs="logprobs" in includes,

@@ -36,3 +36,13 @@ class DecodeOptions:
     # verbose_json shows each segment's no-speech probability; otherwise only the silence rule reads it, and
     # only for a decode whose mean log-probability is below the threshold (see decode_with_fallback).
     report_no_speech_prob: bool = True
+
+
+def with_keywords(prompt: str | None, keywords: list[str] | None) -> str | None:
+    """Keywords bias decoding the way Whisper understands: as earlier text it conditions on, where a word's
+    spelling makes that spelling likelier. They follow the prompt, as a comma-separated list."""
+    words = [k.strip() for k in keywords or [] if k.strip()]
+    if not words:
+        return prompt or None
+    listed = ", ".join(words) + "."
+    return f"{prompt.strip()} {listed}" if prompt and prompt.strip() else listed

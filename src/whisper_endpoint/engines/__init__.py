@@ -35,6 +35,18 @@ def choose_engine(settings: Settings) -> str:
     return "vllm" if vllm_installed() and cuda_available() else "ctranslate2"
 
 
+def check_engine(settings: Settings) -> None:
+    """Fail in one line, before anything loads, when the chosen engine cannot run here."""
+    if choose_engine(settings) != "vllm":
+        return
+    if not vllm_installed():
+        raise EngineUnavailableError(
+            "--engine vllm needs vLLM: pip install 'whisper-endpoint[gpu]' on a machine with an NVIDIA GPU"
+        )
+    if not cuda_available():
+        raise EngineUnavailableError("--engine vllm needs an NVIDIA GPU, and none is visible here")
+
+
 def load_engine(settings: Settings) -> Engine:
     kind = choose_engine(settings)
     log.info("loading engine %s with model %s", kind, settings.model)
