@@ -117,3 +117,24 @@ def test_playground_page_is_self_contained(keyed_server: RunningServer) -> None:
         assert asset in page.text
         body = httpx.get(keyed_server.url + asset).text
         assert "http://" not in body and "https://" not in body
+
+
+@needs_chromium
+def test_playground_names_every_language_has_a_readable_key_placeholder_and_an_icon(
+    keyed_server: RunningServer,
+) -> None:
+    from whisper_endpoint.decoding.languages import LANGUAGES
+
+    icon = httpx.get(keyed_server.url + "/static/playground/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    outside: list[str] = []
+    with offline_page(keyed_server.url, outside, bypass_csp=True) as page:
+        page.goto(keyed_server.url + "/")
+        options = page.eval_on_selector_all("#language option", "os => os.map(o => [o.value, o.textContent])")
+        shown = {value: text for value, text in options if value}
+        assert set(shown) == set(LANGUAGES)
+        assert all(text == f"{LANGUAGES[code].title()} ({code})" for code, text in shown.items())
+        placeholder = page.evaluate("getComputedStyle(document.getElementById('key'), '::placeholder').color")
+        assert placeholder == "rgb(93, 107, 120)"  # the page's muted text colour: 5.4:1 on white
+        assert page.evaluate("document.querySelector('link[rel=icon]').href").endswith("/favicon.svg")
+    assert outside == []

@@ -1,9 +1,24 @@
 // The playground: one page, no dependencies, talks only to the server that served it.
 "use strict";
 
-const LANGUAGE_CODES = ("en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no " +
-  "th ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so " +
-  "af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue").split(" ");
+// Whisper's languages by their English names (decoding/languages.py), in its own order.
+const LANGUAGE_NAMES = {
+  en: "English", zh: "Chinese", de: "German", es: "Spanish", ru: "Russian", ko: "Korean", fr: "French",
+  ja: "Japanese", pt: "Portuguese", tr: "Turkish", pl: "Polish", ca: "Catalan", nl: "Dutch", ar: "Arabic",
+  sv: "Swedish", it: "Italian", id: "Indonesian", hi: "Hindi", fi: "Finnish", vi: "Vietnamese", he: "Hebrew",
+  uk: "Ukrainian", el: "Greek", ms: "Malay", cs: "Czech", ro: "Romanian", da: "Danish", hu: "Hungarian",
+  ta: "Tamil", no: "Norwegian", th: "Thai", ur: "Urdu", hr: "Croatian", bg: "Bulgarian", lt: "Lithuanian",
+  la: "Latin", mi: "Maori", ml: "Malayalam", cy: "Welsh", sk: "Slovak", te: "Telugu", fa: "Persian", lv: "Latvian",
+  bn: "Bengali", sr: "Serbian", az: "Azerbaijani", sl: "Slovenian", kn: "Kannada", et: "Estonian",
+  mk: "Macedonian", br: "Breton", eu: "Basque", is: "Icelandic", hy: "Armenian", ne: "Nepali", mn: "Mongolian",
+  bs: "Bosnian", kk: "Kazakh", sq: "Albanian", sw: "Swahili", gl: "Galician", mr: "Marathi", pa: "Punjabi",
+  si: "Sinhala", km: "Khmer", sn: "Shona", yo: "Yoruba", so: "Somali", af: "Afrikaans", oc: "Occitan",
+  ka: "Georgian", be: "Belarusian", tg: "Tajik", sd: "Sindhi", gu: "Gujarati", am: "Amharic", yi: "Yiddish",
+  lo: "Lao", uz: "Uzbek", fo: "Faroese", ht: "Haitian Creole", ps: "Pashto", tk: "Turkmen", nn: "Nynorsk",
+  mt: "Maltese", sa: "Sanskrit", lb: "Luxembourgish", my: "Myanmar", bo: "Tibetan", tl: "Tagalog", mg: "Malagasy",
+  as: "Assamese", tt: "Tatar", haw: "Hawaiian", ln: "Lingala", ha: "Hausa", ba: "Bashkir", jw: "Javanese",
+  su: "Sundanese", yue: "Cantonese"
+};
 
 const $ = (id) => document.getElementById(id);
 const state = { audio: null, name: "", segments: [], text: "", language: null, duration: null, controller: null };
@@ -217,12 +232,9 @@ $("download-json").addEventListener("click", () => {
 });
 
 // ---- start-up ----
-const names = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "language" }) : null;
-for (const code of LANGUAGE_CODES) {
+for (const [code, name] of Object.entries(LANGUAGE_NAMES)) {
   const option = document.createElement("option");
   option.value = code;
-  let name = code;
-  try { name = (names && names.of(code)) || code; } catch (_) { /* codes Intl does not know */ }
   option.textContent = `${name} (${code})`;
   $("language").append(option);
 }
