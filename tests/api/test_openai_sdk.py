@@ -98,3 +98,15 @@ def test_models(client: OpenAI) -> None:
     assert all(m.model_extra and m.model_extra["root"] == "base" for m in models.data)
     assert client.models.retrieve("whisper-1").id == "whisper-1"
     assert client.models.retrieve("base").id == "base"
+
+
+def test_keywords_are_accepted_and_follow_the_prompt(client: OpenAI) -> None:
+    from whisper_endpoint.decoding.options import with_keywords
+
+    assert with_keywords("A speech.", ["Kennedy", " Americans "]) == "A speech. Kennedy, Americans."
+    assert with_keywords(None, ["Kennedy"]) == "Kennedy." and with_keywords("", []) is None
+    with JFK.open("rb") as f:
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="json", extra_body={"keywords": ["Americans", "country"]}
+        )
+    assert "ask not what your country can do for you" in result.text
