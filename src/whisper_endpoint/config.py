@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         True,
         description="With an fp8 e4m3 KV cache, the decoder's attention runs on a Triton kernel of ours that keeps "
         "queries in bf16 instead of FlashAttention 3, which rounds them to fp8: nearer bf16's WER, and faster in "
-        "the engine on an H100 (docs/benchmarks.md). false: vLLM's FlashAttention.",
+        "the engine on an H100 (docs/history/benchmarks-2026-11.md). false: vLLM's FlashAttention.",
     )
     vllm_triton_attention_launch: str = Field(
         "",

@@ -10,7 +10,7 @@ Unix socket returns when all is sent), so the lock is given up and retaken a few
 Arrays travel out of band (pickle protocol 5): the sender's socket reads them where they lie, and the
 receiver's arrays are views of the one buffer the message arrived in. Pickling them in band copied every
 window's samples twice under the interpreter lock (into the pickle, out of it), in the server process
-whose one lock carries every upload (docs/benchmarks.md).
+whose one lock carries every upload (docs/history/benchmarks-2026-11.md).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class BatchingSender:
     on its way goes as one message (a list, at most `max_items`). Threads that each sent their own message
     under a lock queued on that lock, and each woke into a process whose other threads held the interpreter
     lock: through HTTP on a GPU, 226 of the engine process's threads were seen waiting to send their replies
-    while vLLM's batch emptied (docs/benchmarks.md). `on_error(items, exc)` learns of items that could not
+    while vLLM's batch emptied (docs/history/benchmarks-2026-11.md). `on_error(items, exc)` learns of items that could not
     be sent."""
 
     def __init__(

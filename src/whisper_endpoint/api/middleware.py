@@ -3,7 +3,7 @@ limits, and the gatekeeper (request ids, API key, readiness, security headers, H
 
 Both are plain ASGI. Starlette's `BaseHTTPMiddleware` (`@app.middleware("http")`) passed every chunk of
 an upload's body through a task group of its own; under load that was a tenth of the server process's
-interpreter time (py-spy), and that one interpreter lock carries every upload (docs/benchmarks.md).
+interpreter time (py-spy), and that one interpreter lock carries every upload (docs/history/benchmarks-2026-11.md).
 """
 
 from __future__ import annotations

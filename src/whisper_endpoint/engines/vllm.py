@@ -48,7 +48,7 @@ BURST_SCHEDULER = "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
 BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows of 1,500 per step held back
 # Tokens per step, encoder positions included: room for about 20 windows' encoders a step (vLLM's default,
 # 16,384, gives 10). Engine alone, 100 tokens a window: 1,642x against 1,351x on one H100, 1,662 and 1,745x
-# against 1,224x on another (docs/benchmarks.md).
+# against 1,224x on another (docs/history/benchmarks-2026-11.md).
 BATCHED_TOKENS = 32768
 E4M3_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3")  # vLLM's names for the cache our attention kernel reads
 
@@ -115,7 +115,7 @@ def sampling_kwargs(
     """SamplingParams arguments for one window: logprobs of the sampled tokens, and of the token after
     <|startoftranscript|> (prompt_logprobs) for the no-speech probability when asked for (vLLM computes
     prompt logprobs request by request: 11 to 19 % of the throughput when every window asks, measured in
-    docs/benchmarks.md; sampled tokens' logprobs cost nothing measurable). A -1 among the tokens to
+    docs/history/benchmarks-2026-11.md; sampled tokens' logprobs cost nothing measurable). A -1 among the tokens to
     suppress stands for the model's own list (`model_suppress`), as in openai/whisper."""
     max_tokens = max(1, min(options.max_new_tokens, MAX_MODEL_LEN - prompt_len))
     kwargs: dict[str, Any] = {
@@ -199,7 +199,7 @@ def _one_cpu_thread_for_torch() -> None:
     variable, or the setting when forked), unless OMP_NUM_THREADS is set already. Here, the log-mel runs
     in many request threads at once, and each spreading over every core would oversubscribe them. In the
     engine core, stacking each step's log-mel windows into one batch with a thread per core took a third of
-    its time (py-spy); one thread made the engine 16 to 31 % faster (docs/benchmarks.md)."""
+    its time (py-spy); one thread made the engine 16 to 31 % faster (docs/history/benchmarks-2026-11.md)."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     os.environ["OMP_NUM_THREADS"] = "1"  # read when torch is first imported, and by processes vLLM spawns

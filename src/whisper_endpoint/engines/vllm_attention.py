@@ -1,6 +1,6 @@
 """Whisper's decoder attention as a Triton kernel inside vLLM, on by default with an fp8 e4m3 KV cache.
 
-A profile of the engine (docs/benchmarks.md) put half of all GPU time in the decoder's attention: each
+A profile of the engine (docs/history/benchmarks-2026-11.md) put half of all GPU time in the decoder's attention: each
 decoded token of each window reads its 1,500 cross-attention positions in all 32 layers (123 MB of fp8 keys
 and values for large-v3). FlashAttention 3 needs the query in the cache's fp8 type, a rounding that costs WER:
 with this kernel, which takes the query in bf16, the fp8 cache costs whisper-base 0.17 points against bf16
@@ -11,7 +11,7 @@ every step, so vLLM is told not to quantise queries. By default each of an itera
 keeps its own softmax until the loop ends (`LaunchConfig.lanes`): the loop then makes no reduction across the
 program's warps, and one layer's cross-attention for 512 windows reads 2.5 TB/s on an H100 (789 µs), against
 1.9 TB/s for the first launch, which reduced over all warps every iteration, and for FlashAttention 3 as
-`benchmarks.attention_check` calls it (docs/benchmarks.md).
+`benchmarks.attention_check` calls it (docs/history/benchmarks-2026-11.md).
 
 vLLM's cache for one layer is [blocks, heads, block_size, 2 * head_size] (a position's key and value side by
 side; memory in NHD or HND order), filled by vLLM before attention runs; `seq_lens` counts each sequence's
@@ -39,7 +39,7 @@ class LaunchConfig:
     whether each of an iteration's position slots keeps its own softmax until the loop ends (lanes), which
     spares every iteration three reductions across the program's warps."""
 
-    tokens: int = 128  # the fastest of 12 launches for large-v3's cross-attention on an H100 (docs/benchmarks.md)
+    tokens: int = 128  # the fastest of 12 launches for large-v3's cross-attention on an H100 (docs/history/benchmarks-2026-11.md)
     num_warps: int = 4
     num_stages: int = 3
     splits: int = 1

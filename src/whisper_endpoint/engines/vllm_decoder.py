@@ -1,5 +1,5 @@
 """Steps that start new windows through vLLM's compiled decoder (an option, off: faster only on the engine alone
-of one slow machine, docs/benchmarks.md).
+of one slow machine, docs/history/benchmarks-2026-11.md).
 
 vLLM 0.26 runs Whisper's whole decoder eagerly, layer by layer from Python, on any step that encodes new audio
 (`skip_compiled`): on such a step the decoder's cross-attention projects the new windows' encoder output to keys

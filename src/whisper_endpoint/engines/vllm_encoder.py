@@ -5,7 +5,7 @@ from Python. Compiling one encoder layer's forward fuses its layer norms, adds, 
 inductor kernels; all 32 layers share the one compiled graph (their parameters are its inputs), and the batch
 dimension is dynamic, so steps that start any number of windows reuse it. Measured on one H100: the fused
 kernels take as much GPU time as the eager ones, the launches saved make the encoder-bound 1-token decode 15 %
-faster and full windows 2 to 3 % (docs/benchmarks.md); it costs about 35 s of compilation at start.
+faster and full windows 2 to 3 % (docs/history/benchmarks-2026-11.md); it costs about 35 s of compilation at start.
 
 The patch is made on vLLM's class in this process before vLLM starts its engine core, which inherits it
 (vLLM forks its engine core unless CUDA is initialised here, and the engine never initialises it).
