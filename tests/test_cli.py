@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import JFK
 from tests.datasets import clips
 from whisper_endpoint import __version__
@@ -42,6 +44,7 @@ def test_transcribe_a_missing_file_fails_before_loading_a_model() -> None:
     assert "loading engine" not in missing.stderr
 
 
+@pytest.mark.slow
 def test_several_files_to_stdout_are_labelled_and_json_is_one_document(tmp_path: Path) -> None:
     both = [str(JFK), str(SHORT)]
     text = run("transcribe", *both, "--model", "tiny.en", "--quiet")

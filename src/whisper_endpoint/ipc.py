@@ -128,7 +128,7 @@ class BatchingSender:
     on its way goes as one message (a list, at most `max_items`). Threads that each sent their own message
     under a lock queued on that lock, and each woke into a process whose other threads held the interpreter
     lock: through HTTP on a GPU, 226 of the engine process's threads were seen waiting to send their replies
-    while vLLM's batch emptied (docs/history/benchmarks-2026-11.md). `on_error(items, exc)` learns of items that could not
+    while vLLM's batch emptied (docs/history). `on_error(items, exc)` learns of items that could not
     be sent."""
 
     def __init__(

@@ -39,6 +39,7 @@ def _post(server: RunningServer, task: str, path: Path = JFK, **data: Any) -> ht
     return r
 
 
+@pytest.mark.slow
 def test_transcription_formats(server: RunningServer) -> None:
     plain = _post(server, "transcriptions").json()
     conforms(plain, "CreateTranscriptionResponseJson")
@@ -61,6 +62,7 @@ def test_transcription_formats(server: RunningServer) -> None:
     assert srt.startswith("1\n00:00:00,") and vtt.startswith("WEBVTT\n\n00:00:")
 
 
+@pytest.mark.slow
 def test_translation_formats(server: RunningServer) -> None:
     german = next(c for c in clips("D_multilingual") if c.language == "de").path
     plain = _post(server, "translations", german).json()
@@ -71,6 +73,7 @@ def test_translation_formats(server: RunningServer) -> None:
     assert TranslationVerbose.model_validate(verbose).language == "english"
 
 
+@pytest.mark.slow
 def test_stream_events(server: RunningServer) -> None:
     long_form = next(c for c in clips("C_longform") if c.path.name.startswith("earnings22")).path
     with long_form.open("rb") as f:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.api.browser import ARTIFACTS, needs_chromium, offline_page
 from tests.conftest import RunningServer
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_docs_render_offline(server: RunningServer) -> None:
     outside: list[str] = []
     with offline_page(server.url, outside, viewport={"width": 1280, "height": 1000}) as page:

@@ -19,6 +19,7 @@ def client(request: pytest.FixtureRequest, server: RunningServer) -> OpenAI:
     return OpenAI(base_url=server.url + request.param, api_key="unused", max_retries=0)
 
 
+@pytest.mark.slow
 def test_json_and_text(client: OpenAI) -> None:
     with JFK.open("rb") as f:
         result = client.audio.transcriptions.create(model="whisper-1", file=f)
@@ -28,6 +29,7 @@ def test_json_and_text(client: OpenAI) -> None:
     assert english_normalizer()(str(text)) == JFK_NORMALIZED
 
 
+@pytest.mark.slow
 def test_srt_and_vtt(client: OpenAI) -> None:
     with JFK.open("rb") as f:
         srt = str(client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt"))
@@ -37,6 +39,7 @@ def test_srt_and_vtt(client: OpenAI) -> None:
     assert vtt.startswith("WEBVTT\n\n00:00:00.")
 
 
+@pytest.mark.slow
 def test_verbose_json_with_words_and_segments(client: OpenAI) -> None:
     if EXTERNAL_ENGINE == "vllm":  # no word alignment there: a clear 400 instead
         with JFK.open("rb") as f, pytest.raises(openai.BadRequestError, match="word timestamps"):
@@ -76,6 +79,7 @@ def test_logprobs(client: OpenAI) -> None:
     assert result.logprobs and all(lp.logprob is not None and lp.logprob <= 0 for lp in result.logprobs)
 
 
+@pytest.mark.slow
 def test_translation_and_language_detection(client: OpenAI) -> None:
     german = next(c for c in clips("D_multilingual") if c.language == "de")
     with german.path.open("rb") as f:

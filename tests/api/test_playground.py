@@ -39,6 +39,7 @@ def api(server: RunningServer, path: Path, **form: str) -> httpx.Response:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_playground_streams_shows_segments_and_downloads_srt(keyed_server: RunningServer, tmp_path: Path) -> None:
     outside: list[str] = []
     ARTIFACTS.mkdir(exist_ok=True)

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import RunningServer
 from tests.datasets import DATA, clips
@@ -43,6 +44,7 @@ def test_the_steady_rate_leaves_out_the_first_and_last_fifth_of_the_run() -> Non
     assert Result("url", 1, wall_s=10.0).steady_rtfx() is None
 
 
+@pytest.mark.slow
 def test_a_ramp_starts_the_clients_one_after_another() -> None:
     arrivals: list[float] = []
 
@@ -75,6 +77,7 @@ def test_a_ramp_starts_the_clients_one_after_another() -> None:
     assert all(offset >= 0.5 * k for k, offset in enumerate(offsets)), offsets
 
 
+@pytest.mark.slow
 def test_bench_runs_the_same_load_against_a_peer_and_scores_it(server: RunningServer, tmp_path: Path) -> None:
     corpus = clips("B_librispeech/test-clean")[:3]
     parser = argparse.ArgumentParser()

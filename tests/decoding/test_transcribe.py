@@ -34,6 +34,7 @@ MODEL_LIMITED = {"jfk_441khz_whisperkit.m4a", "jfk_gsm.wav", "jfk_after_30s_sile
 
 
 @pytest.mark.parametrize("model", ["base", "tiny.en"])
+@pytest.mark.slow
 def test_jfk_copies_are_word_perfect(model: str, engine: CTranslate2Engine, tiny_engine: CTranslate2Engine) -> None:
     chosen = engine if model == "base" else tiny_engine
     assert len(JFK_COPIES) == 4
@@ -46,6 +47,7 @@ def test_jfk_copies_are_word_perfect(model: str, engine: CTranslate2Engine, tiny
             assert normalized(transcript.text) == normalized(JFK_REFERENCE), path.name
 
 
+@pytest.mark.slow
 def test_every_container_gives_the_jfk_text(engine: CTranslate2Engine) -> None:
     perfect = 0
     files = [p for p in CONTAINERS + VARIANTS if "x10" not in p.name]
@@ -61,6 +63,7 @@ PHRASES = ("and so", "ask not")  # where the model starts a segment in the JFK s
 
 
 @pytest.mark.parametrize("strategy", ["batched", "sequential"])
+@pytest.mark.slow
 def test_jfk_loop_gives_ten_sentences_eleven_seconds_apart(strategy: str, engine: CTranslate2Engine) -> None:
     path = DATA / "E_containers" / "variants" / "jfk_x10_110s.wav"
     transcript = transcribe(AudioSource(path), engine, DecodeOptions(strategy=strategy))  # type: ignore[arg-type]
@@ -77,6 +80,7 @@ def test_jfk_loop_gives_ten_sentences_eleven_seconds_apart(strategy: str, engine
     assert all(10_000 <= gap <= 12_000 for gap in gaps), gaps
 
 
+@pytest.mark.slow
 def test_librispeech_wer_with_base(engine: CTranslate2Engine) -> None:
     test_clean = clips("B_librispeech")
     assert len(test_clean) == 74
@@ -84,6 +88,7 @@ def test_librispeech_wer_with_base(engine: CTranslate2Engine) -> None:
     assert wer([c.reference for c in test_clean], hypotheses) <= 0.055
 
 
+@pytest.mark.slow
 def test_language_detection_and_translation(engine: CTranslate2Engine) -> None:
     multilingual = [c for c in clips("D_multilingual") if c.language in {"de", "es", "fr", "pt"}]
     assert len(multilingual) >= 40
@@ -102,6 +107,7 @@ def test_language_detection_and_translation(engine: CTranslate2Engine) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["batched", "sequential"])
+@pytest.mark.slow
 def test_long_form_wer_and_segment_order(strategy: str, engine: CTranslate2Engine) -> None:
     rates = []
     for clip in clips("C_longform"):
@@ -114,6 +120,7 @@ def test_long_form_wer_and_segment_order(strategy: str, engine: CTranslate2Engin
     assert statistics.fmean(rates) <= 0.10, rates  # 0.092 measured with AVX2's int8 kernels, below 0.09 with AVX-512
 
 
+@pytest.mark.slow
 def test_non_speech_gives_empty_transcripts(engine: CTranslate2Engine) -> None:
     files = sorted(p for p in (DATA / "E_nonspeech").iterdir() if p.is_file())
     assert len(files) == 17
@@ -125,6 +132,7 @@ def test_non_speech_gives_empty_transcripts(engine: CTranslate2Engine) -> None:
     assert {p.name: transcribe(AudioSource(p), engine, lazy).text for p in files} == texts
 
 
+@pytest.mark.slow
 def test_word_timestamps_on_read_speech(engine: CTranslate2Engine) -> None:
     for clip in clips("B_librispeech")[:10] + [c for c in clips("C_longform") if "sonnets" in c.path.name]:
         transcript = transcribe(AudioSource(clip.path), engine, DecodeOptions(word_timestamps=True, language="en"))
@@ -151,6 +159,7 @@ def test_prompt_and_logprobs(engine: CTranslate2Engine) -> None:
     assert sum(lp.logprob for lp in logprobs) > -15
 
 
+@pytest.mark.slow
 def test_batched_strategy_runs_the_vad_once_over_the_audio(
     engine: CTranslate2Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,6 +65,7 @@ def _running_replicas() -> int:
     return int(status.replica_states.get("RUNNING", 0))
 
 
+@pytest.mark.slow
 def test_both_replicas_serve_correct_transcripts(serve_url: str) -> None:
     assert httpx.get(f"{serve_url}/ready", timeout=10).status_code == 200
     normalize = english_normalizer()
@@ -82,6 +83,7 @@ def test_both_replicas_serve_correct_transcripts(serve_url: str) -> None:
     assert f'whisper_requests_total{{replica="{scrape.headers["x-serve-replica"]}"' in scrape.text
 
 
+@pytest.mark.slow
 def test_every_replica_full_gives_429_with_retry_after(serve_url: str) -> None:
     """Replicas that admit one request each: of eight at once, the overflow gets 429, never a 5xx."""
     from whisper_endpoint.deploy.ray import build_app
@@ -108,6 +110,7 @@ def test_every_replica_full_gives_429_with_retry_after(serve_url: str) -> None:
             assert r.json()["error"]["code"] == "server_overloaded"
 
 
+@pytest.mark.slow
 def test_killed_replica_is_replaced_and_no_client_hangs(serve_url: str) -> None:
     normalize = english_normalizer()
     outcomes: list[str] = []

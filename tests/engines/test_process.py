@@ -53,6 +53,7 @@ def test_transcripts_through_the_pipe_equal_those_in_process(
     assert [w.start_ms for s in there.segments for w in s.words] == [w.start_ms for s in here.segments for w in s.words]
 
 
+@pytest.mark.slow
 def test_concurrent_calls_and_large_calls_keep_their_order(tiny_process: ProcessEngine) -> None:
     rng = np.random.default_rng(1)
     prompt = tuple(tiny_process.tokenizer.sot_sequence(None, "transcribe", True))

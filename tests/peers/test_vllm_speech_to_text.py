@@ -81,6 +81,7 @@ def test_bad_requests(client: OpenAI) -> None:
     assert raised.value.status_code == 400 and raised.value.body["param"] == "language"  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_long_audio_request(client: OpenAI) -> None:
     """Ten copies of a clip with a little silence after each: every copy transcribed, usage the whole length."""
     buffer = _repeated_wav(JFK, 10, 0.1)
@@ -194,6 +195,7 @@ def test_translation_basic_audio(client: OpenAI) -> None:
     assert "radio" in result.text.lower() and "sempre" not in result.text.lower(), result.text
 
 
+@pytest.mark.slow
 def test_translation_audio_prompt(client: OpenAI) -> None:
     """The prompt conditions the translation but is not repeated in it."""
     prompt = "Nor have I ever"
@@ -212,6 +214,7 @@ def test_translation_stream_options() -> None:
     raise AssertionError("not run")
 
 
+@pytest.mark.slow
 def test_translation_long_audio_request(client: OpenAI, server: RunningServer) -> None:
     """Twice the clip, translated: twice the text (vLLM counts a phrase; here the repeated clip's translation is
     about twice as long as the single one's, since Whisper's wording of one sentence may vary).

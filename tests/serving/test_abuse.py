@@ -57,6 +57,7 @@ def _idle(server: ServerProcess) -> bool:
     return server.metric("whisper_requests_inflight") == 0 and server.metric("whisper_queued_audio_seconds") == 0
 
 
+@pytest.mark.slow
 def test_dropped_streams_release_their_admission(server: ServerProcess) -> None:
     for _ in range(MAX_INFLIGHT + 2):  # more drops than slots: a leak would refuse everything after
         with (
@@ -78,6 +79,7 @@ def test_dropped_streams_release_their_admission(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/ready").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_request_with_the_same_id_cannot_cancel_another(server: ServerProcess) -> None:
     same = {"x-request-id": "shared-id"}
 
@@ -97,6 +99,7 @@ def test_a_request_with_the_same_id_cannot_cancel_another(server: ServerProcess)
     assert len(victim.json()["text"]) > 500
 
 
+@pytest.mark.slow
 def test_audio_without_a_duration_is_charged_as_it_decodes(server: ServerProcess, tmp_path: Path) -> None:
     """A WebM recording states no duration: it is counted as it decodes, stopped at the duration limit
     with a 400, and its decoding stops when the client leaves."""
@@ -131,6 +134,7 @@ def test_audio_without_a_duration_is_charged_as_it_decodes(server: ServerProcess
     assert stopped_after_s < took_s, (stopped_after_s, took_s)
 
 
+@pytest.mark.slow
 def test_half_sent_requests_time_out_and_connections_are_capped(server: ServerProcess) -> None:
     # A head that never ends: 408 in the envelope after the head deadline, then the connection closes.
     with raw_connection(server.url) as sock:
@@ -267,6 +271,7 @@ def test_log_lines_cannot_be_forged_and_nothing_is_left_behind(tmp_path: Path) -
     shutil.rmtree(spool, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_sigterm_past_the_grace_period_answers_503_in_the_envelope(tmp_path: Path) -> None:
     answers: dict[str, httpx.Response] = {}
     events: list[dict[str, object]] = []

@@ -41,6 +41,7 @@ def test_errors_keep_their_param_and_code_across_processes() -> None:
     assert error.message == "not audio" and error.status == 400
 
 
+@pytest.mark.slow
 def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     files = [JFK, LONG, clips("B_librispeech/test-clean")[0].path]
     texts = {}

@@ -1,4 +1,4 @@
-"""A transcript depends on its own audio only: clips sent together, some of them babble or reversed speech
+"""A transcript depends on its own audio only: clips sent together, most of them babble or reversed speech
 crafted to bleed into neighbours, each come back exactly as when sent alone (default settings)."""
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def _write_wav(path: Path, samples: np.ndarray) -> Path:
 def adversarial_clips(folder: Path) -> list[Path]:
     """Short real speech, the same reversed, and babble (three speakers at once), all under 15 s: the
     windows that cross-request packing used to lay side by side in one 30 s window."""
-    speech = [c for c in clips("B_librispeech/test-clean") if c.duration_s < 12][:12]
+    speech = [c for c in clips("B_librispeech/test-clean") if c.duration_s < 12][:8]
     audio = [load_audio(AudioSource(c.path)) for c in speech]
-    paths = [c.path for c in speech[:8]]
-    paths += [_write_wav(folder / f"reversed-{i}.wav", a[::-1].copy()) for i, a in enumerate(audio[8:12])]
+    paths = [c.path for c in speech[:4]]
+    paths += [_write_wav(folder / f"reversed-{i}.wav", a[::-1].copy()) for i, a in enumerate(audio[4:8])]
     for i in range(4):
         parts = audio[i : i + 3]
         n = min(len(p) for p in parts)
@@ -48,6 +48,7 @@ def adversarial_clips(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
+@pytest.mark.slow
 def test_concurrent_clips_match_their_solo_transcripts(
     model: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -70,7 +71,7 @@ def test_concurrent_clips_match_their_solo_transcripts(
     finally:
         running.server.should_exit = True
         thread.join(timeout=30)
-    assert sum(bool(t.strip()) for t in solo) >= 8  # real transcripts, not all empty
+    assert sum(bool(t.strip()) for t in solo) >= 4  # real transcripts, not all empty
     differing = [(p.name, a, b) for p, a, b in zip(paths, solo, together, strict=True) if a != b]
     assert differing == [], differing
     assert packed_after == packed_before  # no window shared with another request

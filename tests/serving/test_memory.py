@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
+import pytest
 
 from tests.datasets import DATA
 from tests.serving.process import leftovers, server_process
@@ -42,6 +43,7 @@ def make_long_opus(path: Path, seconds: int) -> None:
             out.mux(packet)
 
 
+@pytest.mark.slow
 def test_four_4_hour_uploads_keep_memory_bounded(tmp_path: Path) -> None:
     long_file = tmp_path / "four-hours.ogg"
     make_long_opus(long_file, HOURS * 3600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.datasets import clips, wer
 from whisper_endpoint.audio import SAMPLE_RATE
@@ -75,6 +76,7 @@ def test_unpack_shifts_timestamps_and_refuses_unclear_splits(tiny_engine: CTrans
     assert unpack(unclosed, pack, tok) is None
 
 
+@pytest.mark.slow
 def test_packed_decode_gives_each_clip_its_own_text(engine: CTranslate2Engine) -> None:
     corpus = clips("B_librispeech/test-clean")[:24]
     sot = tuple(engine.tokenizer.sot_sequence("en", "transcribe", True))

@@ -136,6 +136,7 @@ def _transcribe(url: str, path: str) -> str:
     return str(response.json()["text"])
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_clients_get_the_same_text(engine: CTranslate2Engine) -> None:
     # Without packing, batching across requests changes nothing in any transcript.
     running, thread = start_server(Settings(model="base", pack_windows=False), engine)
@@ -151,6 +152,7 @@ def test_sixteen_concurrent_clients_get_the_same_text(engine: CTranslate2Engine)
         assert english_normalizer()(text) == english_normalizer()(alone[clip])
 
 
+@pytest.mark.slow
 def test_short_clip_finishes_before_long_file(server: RunningServer) -> None:
     long_file = DATA / "C_longform" / "ljspeech_LJ001-0001_to_0032_concat.flac"
     finished: dict[str, float] = {}
@@ -167,6 +169,7 @@ def test_short_clip_finishes_before_long_file(server: RunningServer) -> None:
     assert finished["short"] < finished["long"]
 
 
+@pytest.mark.slow
 def test_flood_gets_429_with_retry_after_never_5xx(engine: CTranslate2Engine) -> None:
     running, thread = start_server(Settings(max_inflight_requests=2, max_queued_audio_s=30), engine)
     try:
@@ -198,6 +201,7 @@ def test_flood_gets_429_with_retry_after_never_5xx(engine: CTranslate2Engine) ->
 CANCELLED = "whisper_cancelled_requests_total"
 
 
+@pytest.mark.slow
 def test_disconnect_cancels_the_work(server: RunningServer) -> None:
     long_file = DATA / "C_longform" / "ljspeech_LJ001-0001_to_0032_concat.flac"
     before = httpx.get(server.url + "/metrics").text

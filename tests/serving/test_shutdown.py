@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import JFK
 from tests.datasets import clips, wer
@@ -16,6 +17,7 @@ from tests.serving.process import leftovers, server_process
 LONG = [c for c in clips("C_longform") if c.path.name.startswith("earnings22")]
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
     uploads = [JFK, *(c.path for c in LONG)]
     answers: dict[str, httpx.Response] = {}

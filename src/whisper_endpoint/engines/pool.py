@@ -121,7 +121,7 @@ def vllm_pool(settings: Settings) -> Engine:
     """One vLLM engine per GPU, each in a process of its own that sees only its GPU (and, with
     `engine_cpu_split`, only its share of the cores). One GPU's engine may run in this process instead
     (`engine_process` off); several always run in processes, since only a process of its own can be given
-    its share of the cores (two GPUs: 1.86x one GPU with the split, 1.67x without; docs/history/benchmarks-2026-11.md)."""
+    its share of the cores (two GPUs: 1.86x one GPU with the split, 1.67x without; docs/history)."""
     from whisper_endpoint.engines.process import ProcessEngine
     from whisper_endpoint.engines.vllm import vllm_engine
 

@@ -3,7 +3,7 @@
 vLLM's input processing (its log-mel) and output processing run in the Python process that owns the
 engine; in a process of its own they share no interpreter lock with the server or with other engines, and
 the server only ships windows (samples and prompt) and gets tokens back, over a socket that takes a
-window in one call (whisper_endpoint.ipc). Measured (docs/history/benchmarks-2026-11.md): one engine 1,470x alone against
+window in one call (whisper_endpoint.ipc). Measured (docs/history): one engine 1,470x alone against
 1,351x in the server's process; two GPUs 1.34x one either way, since there the host's CPUs were the limit.
 Calls are concurrent: each runs in a thread of the engine process. Calls and replies queued together cross
 as one message, each way sent by a thread of its own (ipc.BatchingSender).

@@ -39,7 +39,9 @@ class LaunchConfig:
     whether each of an iteration's position slots keeps its own softmax until the loop ends (lanes), which
     spares every iteration three reductions across the program's warps."""
 
-    tokens: int = 128  # the fastest of 12 launches for large-v3's cross-attention on an H100 (docs/history/benchmarks-2026-11.md)
+    tokens: int = (
+        128  # the fastest of 12 launches for large-v3's cross-attention on an H100 (docs/history/benchmarks-2026-11.md)
+    )
     num_warps: int = 4
     num_stages: int = 3
     splits: int = 1

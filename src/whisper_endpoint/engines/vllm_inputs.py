@@ -4,7 +4,7 @@ vLLM turns each prompt's audio into its model's input with its Hugging Face proc
 a tokenizer call on the empty encoder text, a hash of the window's samples, the prompt edited for the
 encoder's placeholder positions. Much of that is Python, holding the engine process's interpreter lock for
 milliseconds a window, and that lock is shared with the one thread that steps vLLM (py-spy put 42 % of that
-process's samples there, docs/history/benchmarks-2026-11.md). Here vLLM's processor runs once at start, on a check window;
+process's samples there, docs/history). Here vLLM's processor runs once at start, on a check window;
 every window then reuses its encoder placeholders and carries our log-mel (torch, which leaves the lock in
 its FFT and matrix product), in the dtype vLLM's own features come in. Through HTTP on one H100: 1,996x
 against 1,770x with vLLM's processing, in one command; WER unchanged (docs/history/benchmarks-2026-11.md).

@@ -54,7 +54,9 @@ class Job:
     # The server's own id: it keys the scheduler's queues, so no client can name (and cancel) another's work.
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     info: RunInfo = field(default_factory=RunInfo)
-    audio_s: float = 0.0  # charged against the queue limit: the header's duration, or what has been decoded
+    # Charged against the queue limit: the header's duration, or what has been decoded. Integer milliseconds:
+    # float seconds added and taken back in another order left the queue at 1e-14 s, never 0.
+    audio_ms: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
     abort: WhisperEndpointError | None = None  # why the server stopped it, when it did (shutdown)
@@ -83,7 +85,8 @@ class TranscriptionService:
         self._jobs: set[Job] = set()  # admitted and not yet released
         self.draining = False  # set on SIGTERM: admit nothing more
         self.inflight = 0
-        self.queued_audio_s = 0.0
+        self.queued_audio_ms = 0
+        self._queue_limit_ms = round(settings.max_queued_audio_s * 1000)
         self.throughput = 0.0  # audio seconds per wall second, moving average
 
     def close(self) -> None:
@@ -95,7 +98,7 @@ class TranscriptionService:
 
     def retry_after_s(self) -> int:
         rate = self.throughput or 1.0
-        return int(min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, self.queued_audio_s / rate)))
+        return int(min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, self.queued_audio_ms / 1000 / rate)))
 
     def admit(self, job: Job) -> None:
         """Refuse (429) when the queue of audio or of requests is full; otherwise count the job in. Audio
@@ -108,18 +111,19 @@ class TranscriptionService:
                 f"audio is {duration:.0f} s long; the limit is {self.settings.max_audio_duration_s:.0f} s",
                 param="file",
             )
-        job.audio_s = duration or 0.0
+        job.audio_ms = round((duration or 0.0) * 1000)
         with self._lock:
             if self.inflight >= self.settings.max_inflight_requests:
                 self.metrics.rejected.labels("requests").inc()
                 raise OverloadedError("too many requests in flight; retry later", retry_after_s=self.retry_after_s())
-            if self.inflight and self.queued_audio_s + job.audio_s > self.settings.max_queued_audio_s:
+            if self.inflight and self.queued_audio_ms + job.audio_ms > self._queue_limit_ms:
                 self.metrics.rejected.labels("audio").inc()
                 raise OverloadedError(
-                    f"{self.queued_audio_s:.0f} s of audio are queued; retry later", retry_after_s=self.retry_after_s()
+                    f"{self.queued_audio_ms / 1000:.0f} s of audio are queued; retry later",
+                    retry_after_s=self.retry_after_s(),
                 )
             self.inflight += 1
-            self.queued_audio_s += job.audio_s
+            self.queued_audio_ms += job.audio_ms
             self._jobs.add(job)
         job.info.on_decoded = lambda: self._charge(job)
         self._publish()
@@ -129,18 +133,19 @@ class TranscriptionService:
         aborted, and charge audio beyond what its header announced against the queue limit."""
         if job.cancelled.is_set():
             raise job.abort or CancelledRequestError("request cancelled")
-        decoded_s = job.info.samples / SAMPLE_RATE
-        if decoded_s <= job.audio_s:
+        decoded_ms = job.info.samples * 1000 // SAMPLE_RATE
+        if decoded_ms <= job.audio_ms:
             return
         with self._lock:
-            over = self.queued_audio_s + decoded_s - job.audio_s > self.settings.max_queued_audio_s
+            over = self.queued_audio_ms + decoded_ms - job.audio_ms > self._queue_limit_ms
             if over and self.inflight > 1:
                 self.metrics.rejected.labels("audio").inc()
                 raise OverloadedError(
-                    f"{self.queued_audio_s:.0f} s of audio are queued; retry later", retry_after_s=self.retry_after_s()
+                    f"{self.queued_audio_ms / 1000:.0f} s of audio are queued; retry later",
+                    retry_after_s=self.retry_after_s(),
                 )
-            self.queued_audio_s += decoded_s - job.audio_s
-            job.audio_s = decoded_s
+            self.queued_audio_ms += decoded_ms - job.audio_ms
+            job.audio_ms = decoded_ms
         self._publish()
 
     async def segments(self, job: Job) -> AsyncIterator[Segment]:
@@ -225,7 +230,7 @@ class TranscriptionService:
             job.released = True
             self._jobs.discard(job)
             self.inflight -= 1
-            self.queued_audio_s = max(0.0, self.queued_audio_s - job.audio_s)
+            self.queued_audio_ms -= job.audio_ms
             elapsed = time.monotonic() - job.started
             audio_s = job.info.duration_ms / 1000
             if completed and elapsed > 0 and audio_s > 0:
@@ -242,9 +247,9 @@ class TranscriptionService:
 
     def _publish(self) -> None:
         self.metrics.inflight.set(self.inflight)
-        self.metrics.queued_audio.set(self.queued_audio_s)
+        self.metrics.queued_audio.set(self.queued_audio_ms / 1000)
 
     def _chunker(self, job: Job) -> ChunkSource:
-        if self.front_end and 0 < job.audio_s <= MAX_POOLED_AUDIO_S:
+        if self.front_end and 0 < job.audio_ms <= MAX_POOLED_AUDIO_S * 1000:
             return self.front_end.speech_chunks
         return local_speech_chunks
