@@ -124,6 +124,12 @@ class ModelResolutionError(WhisperEndpointError):
     code = "model_unavailable"
 
 
+class InvalidSettingsError(WhisperEndpointError):
+    """Settings that contradict each other or the chosen engine (refused at start)."""
+
+    code = "invalid_settings"
+
+
 class EngineUnavailableError(WhisperEndpointError):
     """The requested engine cannot run here (missing package or hardware)."""
 

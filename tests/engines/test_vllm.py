@@ -73,7 +73,8 @@ def test_engine_arguments_take_the_chosen_configuration_then_the_users_own(
     graced = Settings(shutdown_grace_s=2.5)
     assert engine_args(tmp_path, choose_settings(graced, (9, 0)), graced)["shutdown_timeout"] == 3
     monkeypatch.delenv("WHISPER_VLLM_ENGINE_ARGS")
-    plain = engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
+    every_step = Settings(vllm_admit_every_steps=1)
+    plain = engine_args(tmp_path, choose_settings(every_step, (9, 0)), every_step)
     assert plain["max_num_batched_tokens"] == 32768 and plain["max_num_seqs"] == 256
 
 
@@ -82,7 +83,10 @@ def test_windows_are_admitted_in_bursts_only_while_others_decode(tmp_path: Path)
     args = engine_args(tmp_path, choose_settings(bursts, (9, 0)), bursts)
     assert args["scheduler_cls"] == "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
     assert args["max_num_batched_tokens"] == 65536  # room for the windows that finished while held
-    assert "scheduler_cls" not in engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
+    every_step = Settings(vllm_admit_every_steps=1)
+    assert "scheduler_cls" not in engine_args(tmp_path, choose_settings(every_step, (9, 0)), every_step)
+    default = engine_args(tmp_path, choose_settings(Settings(), (9, 0)), Settings())
+    assert default["scheduler_cls"] == args["scheduler_cls"]  # every 4th step by default: it won through HTTP
     assert [holds_new_windows(step, 4, running=300) for step in range(8)] == [False, True, True, True] * 2
     assert not any(holds_new_windows(step, 4, running=0) for step in range(8))  # an idle engine admits at once
     assert not any(holds_new_windows(step, 1, running=300) for step in range(8))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from whisper_endpoint.errors import EngineUnavailableError
+from whisper_endpoint.errors import EngineUnavailableError, InvalidSettingsError
 
 if TYPE_CHECKING:
     from whisper_endpoint.config import Settings
@@ -36,8 +36,16 @@ def choose_engine(settings: Settings) -> str:
 
 
 def check_engine(settings: Settings) -> None:
-    """Fail in one line, before anything loads, when the chosen engine cannot run here."""
-    if choose_engine(settings) != "vllm":
+    """Fail in one line, before anything loads, when the chosen engine cannot run here or a setting would do
+    nothing with it."""
+    from whisper_endpoint.config import settings_unused_by
+
+    kind = choose_engine(settings)
+    unused = settings_unused_by(settings, kind)
+    if unused:
+        verb = "does" if len(unused) == 1 else "do"
+        raise InvalidSettingsError(f"{' and '.join(unused)} {verb} nothing with the {kind} engine; unset it")
+    if kind != "vllm":
         return
     if not vllm_installed():
         raise EngineUnavailableError(
@@ -48,6 +56,7 @@ def check_engine(settings: Settings) -> None:
 
 
 def load_engine(settings: Settings) -> Engine:
+    check_engine(settings)
     kind = choose_engine(settings)
     log.info("loading engine %s with model %s", kind, settings.model)
     if kind == "ctranslate2":
