@@ -33,6 +33,10 @@ class ServerProcess:
     def metric(self, name: str) -> float:
         return metric_value(httpx.get(f"{self.url}/metrics", timeout=10).text, name)
 
+    def idle(self) -> bool:
+        """No request in flight and no audio queued, by the server's own metrics."""
+        return self.metric("whisper_requests_inflight") == 0 and self.metric("whisper_queued_audio_seconds") == 0
+
     def status_kib(self, field: str) -> int:
         """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

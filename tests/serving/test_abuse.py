@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -53,27 +54,30 @@ def _transcribe(server: ServerProcess, path: Path = JFK, **kwargs: object) -> ht
         return httpx.post(f"{server.url}/v1/audio/transcriptions", files={"file": (path.name, f)}, **kwargs)  # type: ignore[arg-type]
 
 
-def _idle(server: ServerProcess) -> bool:
-    return server.metric("whisper_requests_inflight") == 0 and server.metric("whisper_queued_audio_seconds") == 0
+@contextmanager
+def _streamed(server: ServerProcess, path: Path) -> Iterator[httpx.Response]:
+    """A `stream=true` transcription, open while the block runs."""
+    with (
+        path.open("rb") as f,
+        httpx.stream(
+            "POST",
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": (path.name, f)},
+            data={"stream": "true"},
+            timeout=120,
+        ) as response,
+    ):
+        yield response
 
 
 @pytest.mark.slow
 def test_dropped_streams_release_their_admission(server: ServerProcess) -> None:
     for _ in range(MAX_INFLIGHT + 2):  # more drops than slots: a leak would refuse everything after
-        with (
-            LONG_SPEECH.open("rb") as f,
-            httpx.stream(
-                "POST",
-                f"{server.url}/v1/audio/transcriptions",
-                files={"file": (LONG_SPEECH.name, f)},
-                data={"stream": "true"},
-                timeout=60,
-            ) as response,
-        ):
+        with _streamed(server, LONG_SPEECH) as response:
             assert response.status_code == 200
             assert wait_for(lambda: server.metric("whisper_requests_inflight") >= 1, 10)
             time.sleep(0.3)  # the stream waits for its first segment: the client leaves then
-        assert wait_for(lambda: _idle(server), 60), "a dropped stream kept its admission"
+        assert wait_for(lambda: server.idle(), 60), "a dropped stream kept its admission"
     ok = _transcribe(server)
     assert ok.status_code == 200 and "ask not what your country" in ok.json()["text"]
     assert httpx.get(f"{server.url}/ready").status_code == 200
@@ -122,13 +126,13 @@ def test_audio_without_a_duration_is_charged_as_it_decodes(server: ServerProcess
     assert too_long.status_code == 400
     assert too_long.json()["error"]["code"] == "audio_too_long"
     assert max(charged) >= 60, "audio with no stated duration was admitted as 0 s and never charged"
-    assert wait_for(lambda: _idle(server), 10)
+    assert wait_for(lambda: server.idle(), 10)
 
     # The client leaves at once: the server stops decoding (it would take seconds to reach the limit).
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         _transcribe(server, silent, timeout=httpx.Timeout(30, read=0.3))
-    assert wait_for(lambda: _idle(server), 10)
+    assert wait_for(lambda: server.idle(), 10)
     stopped_after_s = time.monotonic() - started
     took_s = too_long.elapsed.total_seconds()
     assert stopped_after_s < took_s, (stopped_after_s, took_s)
@@ -196,7 +200,7 @@ def test_malformed_uploads_are_400(server: ServerProcess) -> None:
         f"{server.url}/v1/audio/transcriptions", content=body, headers={"content-type": content_type}, timeout=60
     )
     assert nul.status_code == 400 and nul.json()["error"]["param"] == "file"
-    assert wait_for(lambda: _idle(server), 10)
+    assert wait_for(lambda: server.idle(), 10)
 
 
 def test_prompt_special_tokens_are_plain_text(server: ServerProcess) -> None:
@@ -281,16 +285,7 @@ def test_sigterm_past_the_grace_period_answers_503_in_the_envelope(tmp_path: Pat
             answers["plain"] = _transcribe(server, LONG_SPEECH)
 
         def streamed() -> None:
-            with (
-                LONG_SPEECH.open("rb") as f,
-                httpx.stream(
-                    "POST",
-                    f"{server.url}/v1/audio/transcriptions",
-                    files={"file": (LONG_SPEECH.name, f)},
-                    data={"stream": "true"},
-                    timeout=120,
-                ) as response,
-            ):
+            with _streamed(server, LONG_SPEECH) as response:
                 events.extend(json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:"))
 
         threads = [threading.Thread(target=plain), threading.Thread(target=streamed)]

@@ -6,30 +6,20 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import metric_value, start_server
 from tests.datasets import clips
-from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.decode import AudioSource, load_audio
+from whisper_endpoint.bench.corpus import write_flac
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> Path:
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("pcm_s16le", rate=SAMPLE_RATE)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+def _flac(path: Path, samples: np.ndarray) -> Path:
+    write_flac(path, samples)
     return path
 
 
@@ -39,11 +29,11 @@ def adversarial_clips(folder: Path) -> list[Path]:
     speech = [c for c in clips("B_librispeech/test-clean") if c.duration_s < 12][:8]
     audio = [load_audio(AudioSource(c.path)) for c in speech]
     paths = [c.path for c in speech[:4]]
-    paths += [_write_wav(folder / f"reversed-{i}.wav", a[::-1].copy()) for i, a in enumerate(audio[4:8])]
+    paths += [_flac(folder / f"reversed-{i}.flac", a[::-1].copy()) for i, a in enumerate(audio[4:8])]
     for i in range(4):
         parts = audio[i : i + 3]
         n = min(len(p) for p in parts)
-        paths.append(_write_wav(folder / f"babble-{i}.wav", sum(p[:n] for p in parts) / 2))
+        paths.append(_flac(folder / f"babble-{i}.flac", sum(p[:n] for p in parts) / 2))
     return paths
 
 

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import JFK
 from tests.datasets import DATA
 from tests.serving.abuse import raw_connection, read_all, silent_webm_without_duration, wait_for
-from tests.serving.process import ServerProcess, server_process
+from tests.serving.process import server_process
 
 SOAK_S = float(os.environ.get("WHISPER_SOAK_S", "45"))
 CLIENTS = 6
@@ -107,7 +107,7 @@ def test_soak_ends_idle_clean_and_correct(tmp_path: Path) -> None:
         ]
         for action in actions:  # one round of each first: the baseline is a server that has seen them all
             action()
-        assert wait_for(lambda: _idle(server), 30)
+        assert wait_for(lambda: server.idle(), 30)
         baseline_kib = server.status_kib("VmRSS")
         wrong.clear()
 
@@ -124,7 +124,7 @@ def test_soak_ends_idle_clean_and_correct(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join()
-        settled = wait_for(lambda: _idle(server), 60)
+        settled = wait_for(lambda: server.idle(), 60)
         left = {name: server.metric(name) for name in ("whisper_requests_inflight", "whisper_queued_audio_seconds")}
         end_kib = server.status_kib("VmRSS")
         uploads_left = [p.name for p in spool.rglob("upload-*")]
@@ -143,7 +143,3 @@ def test_soak_ends_idle_clean_and_correct(tmp_path: Path) -> None:
     assert outcomes["slow client: HTTP/1.1 408"] >= 1
     unexpected = [k for k in outcomes if k.split(":")[0] in ("garbage", "over size") and k.split()[-1][0] == "5"]
     assert unexpected == []
-
-
-def _idle(server: ServerProcess) -> bool:
-    return server.metric("whisper_requests_inflight") == 0 and server.metric("whisper_queued_audio_seconds") == 0
