@@ -98,3 +98,20 @@ def test_serve_refuses_a_setting_the_chosen_engine_would_ignore() -> None:
     assert done.stderr.strip().splitlines()[-1] == (
         "error: WHISPER_MAX_NUM_SEQS and WHISPER_VLLM_COMPILE_ENCODER do nothing with the ctranslate2 engine; unset it"
     )
+
+
+def test_transcribe_takes_candidate_languages_and_keywords() -> None:
+    done = run(
+        "transcribe",
+        str(JFK),
+        "--languages",
+        "de",
+        "fr",
+        "--keywords",
+        "Americans",
+        "--format",
+        "verbose_json",
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["language"] in ("german", "french")  # English audio, English not allowed
