@@ -17,6 +17,10 @@ class WhisperEndpointError(Exception):
         if code is not None:
             self.code = code
 
+    def body(self) -> dict[str, object]:
+        """The error as OpenAI's envelope puts it: a response body, or a stream's `error` event's field."""
+        return {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+
     def __reduce__(self) -> tuple[object, ...]:
         # Raised in front-end worker processes too: keep `param` and `code` across the pickle.
         return _restore, (type(self), self.message, self.param, self.__dict__.get("code"))

@@ -12,15 +12,12 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import JFK, RunningServer, start_server
+from tests.peers import deviation
 from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
 SILENCE_S = 45  # longer than one 30 s window, as speaches chose
 KEY = "test-api-key-123"
-
-
-def speaches_deviation(why: str) -> pytest.MarkDecorator:
-    return pytest.mark.skip(reason=f"speaches' own deviation from OpenAI's API: {why}")
 
 
 def silence() -> io.BytesIO:
@@ -91,8 +88,8 @@ def test_no_auth_when_disabled(server: RunningServer) -> None:
     assert httpx.get(server.url + "/v1/models").status_code == 200
 
 
-@speaches_deviation(
-    "/api/ps (loaded models) is speaches' own route; this server serves one model, listed by /v1/models"
+@deviation(
+    "speaches", "/api/ps (loaded models) is speaches' own route; this server serves one model, listed by /v1/models"
 )
 def test_api_ps_endpoint() -> None:
     raise AssertionError("not run")
@@ -101,12 +98,12 @@ def test_api_ps_endpoint() -> None:
 # ---- api_transcription_clip_test.py
 
 
-@speaches_deviation("start and duration are not OpenAI fields; this server answers 400 naming them")
+@deviation("speaches", "start and duration are not OpenAI fields; this server answers 400 naming them")
 def test_clip_is_shorter_and_timestamps_start_at_zero() -> None:
     raise AssertionError("not run")
 
 
-@speaches_deviation("start and duration are not OpenAI fields (400 here)")
+@deviation("speaches", "start and duration are not OpenAI fields (400 here)")
 def test_clip_past_the_end_is_truncated() -> None:
     raise AssertionError("not run")
 

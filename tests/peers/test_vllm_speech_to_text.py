@@ -17,6 +17,7 @@ from openai import OpenAI
 
 from tests.conftest import JFK, RunningServer
 from tests.datasets import DATA
+from tests.peers import deviation
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.decode import AudioSource, load_audio
 
@@ -24,10 +25,6 @@ ITALIAN = DATA / "D_multilingual" / "picovoice" / "test_it.wav"
 GERMAN = DATA / "D_multilingual" / "picovoice" / "test_de.wav"
 LIBRISPEECH = sorted((DATA / "B_librispeech" / "test-clean").rglob("*.flac"))[0]
 JFK_S = 11.0
-
-
-def vllm_deviation(why: str) -> pytest.MarkDecorator:
-    return pytest.mark.skip(reason=f"vLLM's own deviation from OpenAI's API: {why}")
 
 
 @pytest.fixture
@@ -119,17 +116,19 @@ def test_streaming_response(client: OpenAI) -> None:
     assert events[-1].type == "transcript.text.done" and events[-1].text == plain
 
 
-@vllm_deviation(
+@deviation(
+    "vLLM",
     "stream_include_usage and stream_continuous_usage_stats are not OpenAI fields; this server answers "
-    "400 naming the field, and sends usage on transcript.text.done (tests/api/test_conformance.py)"
+    "400 naming the field, and sends usage on transcript.text.done (tests/api/test_conformance.py)",
 )
 def test_stream_options() -> None:
     raise AssertionError("not run")
 
 
-@vllm_deviation(
+@deviation(
+    "vLLM",
     "seed, top_k, top_p, min_p, repetition and presence penalties are not OpenAI fields; this server "
-    "answers 400 naming the field"
+    "answers 400 naming the field",
 )
 def test_sampling_params() -> None:
     raise AssertionError("not run")
@@ -153,7 +152,7 @@ def test_audio_with_timestamp(client: OpenAI) -> None:
     assert result.segments[0].avg_logprob is not None and result.segments[0].compression_ratio is not None
 
 
-@vllm_deviation("max_completion_tokens is not an OpenAI transcription field; this server answers 400 naming it")
+@deviation("vLLM", "max_completion_tokens is not an OpenAI transcription field; this server answers 400 naming it")
 def test_audio_with_max_tokens() -> None:
     raise AssertionError("not run")
 
@@ -169,17 +168,17 @@ def test_language_auto_detect(client: OpenAI, path: Path, language: str, words: 
     assert any(w in result.text.lower() for w in words), result.text
 
 
-@vllm_deviation("use_beam_search and n are not OpenAI fields (400 here); the CLI's --beam-size covers beam search")
+@deviation("vLLM", "use_beam_search and n are not OpenAI fields (400 here); the CLI's --beam-size covers beam search")
 def test_whisper_beam_search_single_beam() -> None:
     raise AssertionError("not run")
 
 
-@vllm_deviation("use_beam_search and n are not OpenAI fields (400 here)")
+@deviation("vLLM", "use_beam_search and n are not OpenAI fields (400 here)")
 def test_whisper_beam_search_multibeam() -> None:
     raise AssertionError("not run")
 
 
-@vllm_deviation("use_beam_search is not an OpenAI field (400 here, streamed or not)")
+@deviation("vLLM", "use_beam_search is not an OpenAI field (400 here, streamed or not)")
 def test_stream_with_beams_raises() -> None:
     raise AssertionError("not run")
 
@@ -204,12 +203,12 @@ def test_translation_audio_prompt(client: OpenAI) -> None:
     assert prompt not in result.text and result.text.strip()
 
 
-@vllm_deviation("OpenAI's translations do not stream; stream on translations is a 400 naming it here")
+@deviation("vLLM", "OpenAI's translations do not stream; stream on translations is a 400 naming it here")
 def test_translation_streaming_response() -> None:
     raise AssertionError("not run")
 
 
-@vllm_deviation("stream options on translations are not OpenAI fields (400 here)")
+@deviation("vLLM", "stream options on translations are not OpenAI fields (400 here)")
 def test_translation_stream_options() -> None:
     raise AssertionError("not run")
 
@@ -230,6 +229,6 @@ def test_translation_long_audio_request(client: OpenAI, server: RunningServer) -
     assert httpx.get(f"{server.url}/ready").status_code == 200
 
 
-@vllm_deviation("max_completion_tokens is not an OpenAI translation field (400 here)")
+@deviation("vLLM", "max_completion_tokens is not an OpenAI translation field (400 here)")
 def test_translation_audio_with_max_tokens() -> None:
     raise AssertionError("not run")

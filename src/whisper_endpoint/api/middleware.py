@@ -45,7 +45,7 @@ def printable(text: str) -> str:
 
 
 def error_response(exc: WhisperEndpointError) -> JSONResponse:
-    body = {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
+    body = {"error": exc.body()}
     headers = {}
     retry_after = getattr(exc, "retry_after_s", None)
     if retry_after is not None:

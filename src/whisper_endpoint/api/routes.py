@@ -207,12 +207,7 @@ async def _stream(service: TranscriptionService, job: Job, req: AudioRequest) ->
         done["usage"] = render.usage_tokens(transcript, job.info.prompt_tokens)
         yield _sse(done)
     except WhisperEndpointError as exc:
-        yield _sse(
-            {
-                "type": "error",
-                "error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code},
-            }
-        )
+        yield _sse({"type": "error", "error": exc.body()})
 
 
 def _check_fields(names: set[str], task: Task) -> None:

@@ -63,11 +63,7 @@ def load_engine(settings: Settings) -> Engine:
         from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
         return CTranslate2Engine.from_settings(settings)
-    if kind == "vllm":
-        if not vllm_installed():
-            raise EngineUnavailableError(
-                "--engine vllm needs vLLM: pip install 'whisper-endpoint[gpu]' on a machine with an NVIDIA GPU"
-            )
+    if kind == "vllm":  # check_engine has seen that vLLM and a GPU are here
         from whisper_endpoint.engines.pool import vllm_pool
 
         return vllm_pool(settings)

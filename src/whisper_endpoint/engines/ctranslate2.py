@@ -101,10 +101,7 @@ class CTranslate2Engine:
         with self._seed_lock:
             self._ct2.set_random_seed(sampling_seed(window, options.temperature))
             sampler = self._ct2.models.Whisper(**self._load_args)
-            try:
-                return self._generate(sampler, [window], options)[0]
-            finally:
-                del sampler
+            return self._generate(sampler, [window], options)[0]
 
     def _generate(self, model: Any, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
         sampling = options.temperature > 0

@@ -18,9 +18,7 @@ from whisper_endpoint.errors import ShuttingDownError, SlowClientError, WhisperE
 
 def raw_error(exc: WhisperEndpointError, reason: str) -> bytes:
     """A whole HTTP/1.1 error response in OpenAI's envelope, for a connection the app never saw."""
-    body = json.dumps(
-        {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
-    ).encode()
+    body = json.dumps({"error": exc.body()}).encode()
     head = (
         f"HTTP/1.1 {exc.status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
         "connection: close\r\nx-content-type-options: nosniff\r\n\r\n"

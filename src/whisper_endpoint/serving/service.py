@@ -117,11 +117,7 @@ class TranscriptionService:
                 self.metrics.rejected.labels("requests").inc()
                 raise OverloadedError("too many requests in flight; retry later", retry_after_s=self.retry_after_s())
             if self.inflight and self.queued_audio_ms + job.audio_ms > self._queue_limit_ms:
-                self.metrics.rejected.labels("audio").inc()
-                raise OverloadedError(
-                    f"{self.queued_audio_ms / 1000:.0f} s of audio are queued; retry later",
-                    retry_after_s=self.retry_after_s(),
-                )
+                raise self._audio_queue_full()
             self.inflight += 1
             self.queued_audio_ms += job.audio_ms
             self._jobs.add(job)
@@ -139,14 +135,16 @@ class TranscriptionService:
         with self._lock:
             over = self.queued_audio_ms + decoded_ms - job.audio_ms > self._queue_limit_ms
             if over and self.inflight > 1:
-                self.metrics.rejected.labels("audio").inc()
-                raise OverloadedError(
-                    f"{self.queued_audio_ms / 1000:.0f} s of audio are queued; retry later",
-                    retry_after_s=self.retry_after_s(),
-                )
+                raise self._audio_queue_full()
             self.queued_audio_ms += decoded_ms - job.audio_ms
             job.audio_ms = decoded_ms
         self._publish()
+
+    def _audio_queue_full(self) -> OverloadedError:
+        self.metrics.rejected.labels("audio").inc()
+        return OverloadedError(
+            f"{self.queued_audio_ms / 1000:.0f} s of audio are queued; retry later", retry_after_s=self.retry_after_s()
+        )
 
     async def segments(self, job: Job) -> AsyncIterator[Segment]:
         """Segments in audio order as they finish. Closing the iterator early cancels the work."""
@@ -204,8 +202,7 @@ class TranscriptionService:
 
     def _stop(self, job: Job, completed: bool) -> None:
         if not completed:
-            job.cancelled.set()
-            self.scheduler.cancel(job.key)
+            self._cancel(job)
         if job.worker is None:
             self._release(job, completed)
         else:
@@ -217,11 +214,14 @@ class TranscriptionService:
             jobs = list(self._jobs)
         for job in jobs:
             job.abort = error
-            job.cancelled.set()
-            self.scheduler.cancel(job.key)
+            self._cancel(job)
             if job.wake is not None:
                 job.wake(error)
         return len(jobs)
+
+    def _cancel(self, job: Job) -> None:
+        job.cancelled.set()
+        self.scheduler.cancel(job.key)
 
     def _release(self, job: Job, completed: bool) -> None:
         with self._lock:

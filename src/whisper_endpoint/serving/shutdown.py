@@ -68,17 +68,18 @@ class DrainingServer(uvicorn.Server):
         threading.Thread(target=self._wait_then_exit, name="drain", daemon=True).start()
 
     def _wait_then_exit(self) -> None:
-        deadline = time.monotonic() + self.grace_s
-        while inflight_requests(self.app) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+        self._wait_for_inflight(self.grace_s)
         service = getattr(self.app.state, "service", None)
         if inflight_requests(self.app) and service is not None:
             stopped = service.abort_all(ShuttingDownError("the server shut down before this request finished"))
             log.warning("grace period over: answering %d request(s) 503 shutting_down", stopped)
-            deadline = time.monotonic() + ANSWER_ABORTED_S
-            while inflight_requests(self.app) and time.monotonic() < deadline:
-                time.sleep(POLL_S)
+            self._wait_for_inflight(ANSWER_ABORTED_S)
         self.should_exit = True
+
+    def _wait_for_inflight(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while inflight_requests(self.app) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
 
 
 KEEP_ALIVE_S = 75  # longer than typical client pool idle timeouts
