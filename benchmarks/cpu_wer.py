@@ -1,6 +1,6 @@
-"""The CTranslate2 engine's WER on the LibriSpeech test-clean clips, with each clip's text.
+"""The CTranslate2 engine's WER on English clips (LibriSpeech test-clean; --set for others), with each clip's text.
 
-    python -m benchmarks.cpu_wer --data DIR [--model base] [--compute-type int8 float32] [--out FILE]
+    python -m benchmarks.cpu_wer --data DIR [--set FOLDER ...] [--model base] [--compute-type int8 ...] [--out FILE]
 
 The reference the GPU engine is held to (issue: within 0.5 points of CTranslate2): `gpu_check accuracy`
 keeps each clip's text too, so the two can be compared clip by clip. Several compute types show how far
@@ -19,6 +19,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
+    parser.add_argument("--set", nargs="+", default=["B_librispeech/test-clean"], help="folders of the corpus")
     parser.add_argument("--model", default="base")
     parser.add_argument("--compute-type", nargs="+", default=["int8", "float32"])
     parser.add_argument("--out")
@@ -34,17 +35,27 @@ def main() -> None:
     from whisper_endpoint.decoding.transcribe import transcribe
     from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
-    corpus = clips("B_librispeech/test-clean")
     rows = []
-    for compute_type in args.compute_type:
+    for compute_type, folder in ((c, f) for c in args.compute_type for f in args.set):
+        corpus = clips(folder)
         engine = CTranslate2Engine.from_settings(Settings(model=args.model, compute_type=compute_type))
         started = time.monotonic()
         options = DecodeOptions(language="en")
         texts = {c.path.name: transcribe(AudioSource(c.path), engine, options).text for c in corpus}
         wall_s = time.monotonic() - started
         wer_pct = score(corpus, texts)
-        rows.append({"compute_type": compute_type, "wer_pct": wer_pct, "wall_s": round(wall_s, 1), "texts": texts})
-        print(f"{args.model} {compute_type}: WER {wer_pct} % ({len(corpus)} clips, {wall_s:.0f} s)", flush=True)
+        rows.append(
+            {
+                "set": folder,
+                "compute_type": compute_type,
+                "wer_pct": wer_pct,
+                "wall_s": round(wall_s, 1),
+                "texts": texts,
+            }
+        )
+        print(
+            f"{args.model} {compute_type} {folder}: WER {wer_pct} % ({len(corpus)} clips, {wall_s:.0f} s)", flush=True
+        )
     if args.out:
         command = command_line("benchmarks.cpu_wer", args.data)
         doc = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "command": command, "rows": rows}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import threading
@@ -26,6 +27,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="the shared speech corpus is not next to the repository")
         for item in items:
             item.add_marker(skip)
+    if not gpu_present():
+        no_gpu = pytest.mark.skip(reason="needs vLLM and an NVIDIA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(no_gpu)
+
+
+def gpu_present() -> bool:
+    """vLLM installed and a CUDA device visible (NVML, as vLLM reads it: CUDA stays uninitialised here)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    from whisper_endpoint.engines.vllm import cuda_capability
+
+    return cuda_capability() is not None
 
 
 @pytest.fixture(scope="session")

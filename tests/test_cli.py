@@ -90,13 +90,13 @@ def test_serve_fails_in_one_line_on_a_busy_port_or_a_missing_engine() -> None:
 def test_serve_refuses_a_setting_the_chosen_engine_would_ignore() -> None:
     import os
 
-    env = {**os.environ, "WHISPER_MAX_NUM_SEQS": "12", "WHISPER_VLLM_COMPILE_ENCODER": "true"}
+    env = {**os.environ, "WHISPER_MAX_NUM_SEQS": "12", "WHISPER_VLLM_ADMIT_EVERY_STEPS": "2"}
     done = subprocess.run(
         [*CLI, "serve", "--engine", "ctranslate2", "--port", "0"], capture_output=True, text=True, timeout=60, env=env
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: WHISPER_MAX_NUM_SEQS and WHISPER_VLLM_COMPILE_ENCODER do nothing with the ctranslate2 engine; unset it"
+        "error: WHISPER_MAX_NUM_SEQS and WHISPER_VLLM_ADMIT_EVERY_STEPS do nothing with the ctranslate2 engine; unset it"
     )
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -92,16 +92,7 @@ class Settings(BaseSettings):
         ge=1,
         description="vLLM admits new windows on every Nth step only while others decode, so the steps between "
         "run as CUDA graphs (vLLM runs steps that encode new audio eagerly); 1: on every step. 4 with compiled "
-        "start steps won through HTTP (2,143x against 1,906x in one command on one H100).",
-    )
-    vllm_compile_encoder: bool = Field(
-        False,
-        description="Experimental: compile Whisper's encoder layers with torch.compile (vLLM runs them eagerly).",
-    )
-    vllm_compiled_start_steps: bool = Field(
-        True,
-        description="Steps that start windows write the new windows' cross-attention cache first and run vLLM's "
-        "compiled decoder (vLLM runs those steps' decoder eagerly); with admitting every 4th step, the default.",
+        "start steps (always on) won through HTTP (2,143x against 1,906x in one command on one H100).",
     )
     vllm_triton_attention: bool = Field(
         True,
@@ -109,22 +100,6 @@ class Settings(BaseSettings):
         "queries in bf16 instead of FlashAttention 3, which rounds them to fp8: nearer bf16's WER, and faster in "
         "the engine on an H100 (docs/history/benchmarks-2026-11.md). false: vLLM's FlashAttention.",
     )
-    vllm_triton_attention_launch: str = Field(
-        "",
-        pattern=r"^[0-9, ]*$",
-        description="Tuning: that kernel's launch as comma-separated integers: positions per iteration, "
-        "warps, loop stages, splits, prefetch (0/1), heads first (0/1), lanes (0/1); empty: the kernel's "
-        "default.",
-    )
-
-    @field_validator("vllm_triton_attention_launch")
-    @classmethod
-    def _launch_is_valid(cls, spec: str) -> str:
-        from whisper_endpoint.engines.vllm_attention import LaunchConfig  # standard library only at import
-
-        LaunchConfig.parse(spec)  # its ValueError becomes this setting's validation error, at start-up
-        return spec
-
     vllm_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description='More vLLM engine arguments, as JSON (e.g. {"max_num_batched_tokens": 49152}); they win over '
@@ -151,10 +126,7 @@ VLLM_ONLY = frozenset(
         "vllm_scores",
         "load_format",
         "vllm_admit_every_steps",
-        "vllm_compile_encoder",
-        "vllm_compiled_start_steps",
         "vllm_triton_attention",
-        "vllm_triton_attention_launch",
         "vllm_engine_args",
         "forced_tokens_per_30s",
     }

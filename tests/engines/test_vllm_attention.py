@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import sys
 from types import SimpleNamespace
 
 import pytest
-from pydantic import ValidationError
 
-from whisper_endpoint.config import Settings
-from whisper_endpoint.engines.vllm_attention import DEFAULT_LAUNCH, LaunchConfig, patch_flash_attention, takes_this_path
+from whisper_endpoint.engines.vllm_attention import DEFAULT_LAUNCH, LaunchConfig, takes_this_path
 
 DECODER_TYPES = ("decoder", "encoder_decoder")
 
@@ -27,11 +24,6 @@ def test_the_decoders_attention_takes_the_kernel_on_every_step() -> None:
     assert not takes_this_path(_impl("decoder"), None, None, DECODER_TYPES)  # vLLM's memory-profiling run
     assert not takes_this_path(_impl("decoder"), metadata, object(), DECODER_TYPES)  # fused output quantisation
     assert not takes_this_path(_impl("decoder", dcp_world_size=2), metadata, None, DECODER_TYPES)
-
-
-def test_without_vllm_nothing_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "vllm", None)
-    assert patch_flash_attention() is False
 
 
 def test_a_launch_is_written_as_integers_in_field_order() -> None:
@@ -56,9 +48,6 @@ def test_a_launch_is_written_as_integers_in_field_order() -> None:
         LaunchConfig.parse("48")
     with pytest.raises(ValueError, match="at least one loop stage"):
         LaunchConfig.parse("32,8,0")
-    with pytest.raises(ValidationError, match="splits must be a power of 2"):  # refused with the settings
-        Settings(vllm_triton_attention_launch="32,8,1,3")
-    assert Settings(vllm_triton_attention_launch="32,8,2").vllm_triton_attention_launch == "32,8,2"
 
 
 def test_the_kernel_check_times_the_default_launch_and_only_valid_ones() -> None:

@@ -4,19 +4,13 @@ benchmarks/gpu_check.py accuracy)."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests.engines.stand_ins import install_modules
-from whisper_endpoint.engines.vllm_decoder import (
-    PATCHED_MARK,
-    compile_start_steps,
-    compiled_start_steps_forward,
-)
+from whisper_endpoint.engines.vllm_decoder import compiled_start_steps_forward
 
 
 @dataclass
@@ -71,9 +65,7 @@ def patched(context: SimpleNamespace) -> tuple[Any, list[Any]]:
         eager_calls.append(encoder_outputs)
         return "eager"
 
-    forward = compiled_start_steps_forward(eager_forward, lambda: context, cat)
-    assert getattr(forward, PATCHED_MARK)
-    return forward, eager_calls
+    return compiled_start_steps_forward(eager_forward, lambda: context, cat), eager_calls
 
 
 def model_with_decoder(impl: Impl) -> tuple[SimpleNamespace, list[dict[str, Any]]]:
@@ -141,30 +133,3 @@ def test_a_layer_sharing_another_layers_cache_keeps_vllms_forward() -> None:
     forward, _ = patched(context)
     assert forward(model, "ids", "positions", [Rows([[1, 2]])]) == "eager"
     assert impl.writes == [] and decoder_calls == []
-
-
-def test_vllms_whisper_model_is_patched_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    class WhisperModel:
-        decoder = SimpleNamespace(layers=[decoder_layer(0, Impl())])
-
-        def forward(self, input_ids: Any, positions: Any, encoder_outputs: Any) -> str:
-            return "eager"
-
-    install_modules(
-        monkeypatch,
-        {
-            "torch": {"cat": cat},
-            "vllm.forward_context": {"get_forward_context": lambda: SimpleNamespace(attn_metadata=None)},
-            "vllm.model_executor.models.whisper": {"WhisperModel": WhisperModel},
-        },
-    )
-    assert compile_start_steps() is True
-    patched_forward = WhisperModel.forward
-    assert compile_start_steps() is True  # a second engine in the process: patched once
-    assert WhisperModel.forward is patched_forward and getattr(patched_forward, PATCHED_MARK)
-    assert WhisperModel().forward("ids", "positions", [Rows([[1, 2]])]) == "eager"  # no slots: vLLM's own
-
-
-def test_without_vllm_nothing_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm...` raise ImportError
-    assert compile_start_steps() is False

@@ -21,6 +21,7 @@ from typing import Any
 
 from whisper_endpoint.config import Settings
 from whisper_endpoint.convert import convert
+from whisper_endpoint.decoding.rules import ARGS_KEY, RuleTokens, WindowRules, rules_args
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import (
     AlignInput,
@@ -33,6 +34,7 @@ from whisper_endpoint.engines.base import (
 )
 from whisper_endpoint.engines.vllm_driver import EngineDriver
 from whisper_endpoint.engines.vllm_inputs import FeatureInputs, audio_prompt, check_window, torch_log_mel
+from whisper_endpoint.engines.vllm_plugin import plugin_args, register
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
 from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
 
@@ -44,7 +46,6 @@ FP8_KV_MIN_CAPABILITY = (8, 9)  # float8 e4m3 KV cache (Ada, Hopper and newer)
 LANGUAGE_TOP_K = 20
 SUPPRESS_BIAS = -100.0  # added to a suppressed token's logit: never sampled, still finite
 ADMIT_EVERY_ENV = "WHISPER_VLLM_ADMIT_EVERY_STEPS"  # read by vllm_scheduler in vLLM's engine core
-BURST_SCHEDULER = "whisper_endpoint.engines.vllm_scheduler.BurstScheduler"
 BATCHED_TOKENS_PER_ADMITTING_STEP = 8192  # encoder positions: about 5 windows of 1,500 per step held back
 # Tokens per step, encoder positions included: room for about 20 windows' encoders a step (vLLM's default,
 # 16,384, gives 10). Engine alone, 100 tokens a window: 1,642x against 1,351x on one H100, 1,662 and 1,745x
@@ -111,6 +112,7 @@ def sampling_kwargs(
     forced_tokens: int | None = None,
     scores: bool = True,
     model_suppress: Sequence[int] = (),
+    rules: dict[str, object] | None = None,
 ) -> dict[str, Any]:
     """SamplingParams arguments for one window: logprobs of the sampled tokens, and of the token after
     <|startoftranscript|> (prompt_logprobs) for the no-speech probability when asked for (vLLM computes
@@ -131,6 +133,8 @@ def sampling_kwargs(
         suppress = sorted({*suppress, *model_suppress})
     if suppress:
         kwargs["logit_bias"] = {t: SUPPRESS_BIAS for t in suppress}
+    if rules is not None:
+        kwargs["extra_args"] = {ARGS_KEY: rules}
     if forced_tokens is not None:  # speed runs with dummy weights: the window decodes exactly this many
         n = max(1, min(forced_tokens, max_tokens))
         kwargs.update(min_tokens=n, max_tokens=n, ignore_eos=True)
@@ -266,8 +270,8 @@ def engine_args(folder: Path, chosen: VllmSettings, settings: Settings) -> dict[
     }
     every = settings.vllm_admit_every_steps
     if every > 1:  # room on an admitting step for the windows that finished on the steps held back
-        args["scheduler_cls"] = BURST_SCHEDULER
         args["max_num_batched_tokens"] = max(BATCHED_TOKENS, every * BATCHED_TOKENS_PER_ADMITTING_STEP)
+    args.update(plugin_args(chosen.triton_attention, every))
     return {**args, **settings.vllm_engine_args}
 
 
@@ -309,18 +313,8 @@ class VllmEngine:
         self.scores = settings.vllm_scores
         args = engine_args(folder, chosen, settings)
         os.environ[ADMIT_EVERY_ENV] = str(settings.vllm_admit_every_steps)  # for vLLM's engine core
-        if settings.vllm_compile_encoder:
-            from whisper_endpoint.engines.vllm_encoder import compile_encoder_layers
-
-            compile_encoder_layers()
-        if settings.vllm_compiled_start_steps:
-            from whisper_endpoint.engines.vllm_decoder import compile_start_steps
-
-            compile_start_steps()
-        if chosen.triton_attention:
-            from whisper_endpoint.engines.vllm_attention import LaunchConfig, patch_flash_attention
-
-            patch_flash_attention(LaunchConfig.parse(settings.vllm_triton_attention_launch))
+        register()  # also vLLM's general plugin; here for a source tree on the path, before vLLM forks
+        self.rule_tokens = RuleTokens.of(self.tokenizer)
         self.max_batch_size = int(args["max_num_seqs"])
         llm = LLM(**args)
         self._llm = llm
@@ -355,7 +349,10 @@ class VllmEngine:
         if options.beam_size > 1:
             raise UnsupportedFeatureError("the vllm engine has no beam search", param="beam_size")
         kwargs = [
-            sampling_kwargs(options, len(w.prompt), self._forced(w), self.scores, self.model_suppress) for w in windows
+            sampling_kwargs(
+                options, len(w.prompt), self._forced(w), self.scores, self.model_suppress, self._rules(w, options)
+            )
+            for w in windows
         ]
         if options.temperature > 0:  # Whisper's fallback: each window's draws are its own
             for window, kw in zip(windows, kwargs, strict=True):
@@ -374,6 +371,11 @@ class VllmEngine:
                 generation = self._as_complete(generation, window)
             generations.append(generation)
         return generations
+
+    def _rules(self, window: WindowInput, options: SamplingOptions) -> dict[str, object]:
+        timestamps = self.tokenizer.no_timestamps not in window.prompt
+        rules = WindowRules(timestamps, options.suppress_blank, options.max_initial_timestamp_index)
+        return rules_args(self.rule_tokens, rules)
 
     def _as_complete(self, generation: Generation, window: WindowInput) -> Generation:
         """Random weights' output as a finished decode: scores that never ask for a fallback and a last

@@ -27,7 +27,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 SEARCH_STEPS = 16  # binary-search steps from a query token to its sequence: up to 65,536 sequences
-PATCHED_MARK = "_whisper_endpoint_attention"
 
 
 @dataclass(frozen=True)
@@ -164,74 +163,3 @@ def takes_this_path(impl: Any, attn_metadata: Any, output_scale: Any, decoder_ty
         and output_scale is None
         and getattr(impl, "dcp_world_size", 1) == 1
     )
-
-
-def patch_flash_attention(launch: LaunchConfig = DEFAULT_LAUNCH) -> bool:
-    """Route vLLM's FlashAttention forward through `paged_attention` where `takes_this_path`, and keep queries
-    in bf16; False where vLLM's FlashAttention backend is not there. Made before vLLM forks its engine core,
-    which inherits it."""
-    try:
-        import torch
-        from vllm.v1.attention.backend import AttentionType
-        from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
-    except ImportError:
-        return False
-    if getattr(FlashAttentionImpl.forward, PATCHED_MARK, False):
-        return True
-    flash_forward = FlashAttentionImpl.forward
-    decoder_types = (AttentionType.DECODER, AttentionType.ENCODER_DECODER)
-    fp8 = torch.float8_e4m3fn
-    ones: dict[Any, Any] = {}
-
-    def forward(
-        self: Any,
-        layer: Any,
-        query: Any,
-        key: Any,
-        value: Any,
-        kv_cache: Any,
-        attn_metadata: Any,
-        output: Any,
-        output_scale: Any = None,
-        output_block_scale: Any = None,
-    ) -> Any:
-        if not takes_this_path(self, attn_metadata, output_scale, decoder_types):
-            return flash_forward(
-                self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
-            )
-        if kv_cache.dtype == torch.uint8:  # vLLM keeps an fp8 cache as bytes
-            kv_cache = kv_cache.view(fp8)
-        if query.dtype == fp8:  # quantised by vLLM's attention layer after all, with this scale
-            q_scale = layer._q_scale
-        else:
-            if query.device not in ones:  # made once, on the first call
-                ones[query.device] = torch.ones(1, dtype=torch.float32, device=query.device)
-            q_scale = ones[query.device]
-        heads, head_size = self.num_heads, self.head_size
-        paged_attention(
-            query.view(-1, heads, head_size),
-            kv_cache,
-            attn_metadata.block_table,
-            attn_metadata.seq_lens,
-            attn_metadata.query_start_loc,
-            output.view(-1, heads, head_size),
-            (q_scale, layer._k_scale, layer._v_scale),
-            self.scale,
-            causal=self.attn_type == AttentionType.DECODER,
-            num_query_tokens=attn_metadata.num_actual_tokens,
-            launch=launch,
-        )
-        return output
-
-    flash_init = FlashAttentionImpl.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        flash_init(self, *args, **kwargs)
-        if self.attn_type in decoder_types:
-            self.supports_quant_query_input = False  # vLLM's attention layer reads it when built: bf16 queries
-
-    setattr(forward, PATCHED_MARK, True)
-    FlashAttentionImpl.forward = forward
-    FlashAttentionImpl.__init__ = init
-    log.info("vLLM engine: the decoder's attention runs on the Triton kernel (%s), queries in bf16", launch)
-    return True
