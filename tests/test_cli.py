@@ -96,7 +96,8 @@ def test_serve_refuses_a_setting_the_chosen_engine_would_ignore() -> None:
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: WHISPER_MAX_NUM_SEQS and WHISPER_VLLM_ADMIT_EVERY_STEPS do nothing with the ctranslate2 engine; unset it"
+        "error: WHISPER_MAX_NUM_SEQS and WHISPER_VLLM_ADMIT_EVERY_STEPS do nothing with the ctranslate2 engine; "
+        "unset it"
     )
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +37,7 @@ from whisper_endpoint.engines.vllm import (
     to_generation,
 )
 from whisper_endpoint.errors import EngineUnavailableError, WhisperEndpointError
+from whisper_endpoint.models import resolve_model
 
 
 def test_configuration_follows_the_compute_capability() -> None:
@@ -230,6 +232,9 @@ def test_bundled_weights_are_converted_once_for_vllm(tmp_path: Path) -> None:
     assert (folder / "model.safetensors").stat().st_mtime_ns == written  # reused, not converted again
     assert model_folder(str(folder), tmp_path) == folder  # a Hugging Face folder is used as it is
     assert [p.name for p in (tmp_path / "hf").iterdir()] == ["tiny.en"]  # no temporary folder left
+    ct2 = resolve_model("tiny.en", tmp_path).path  # a CTranslate2 folder has a config.json too: converted
+    converted = model_folder(str(ct2), tmp_path)
+    assert converted != ct2 and (converted / "model.safetensors").is_file()
 
 
 def test_clear_errors_without_vllm_or_a_hugging_face_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,3 +327,16 @@ def test_driver_reports_how_full_the_batch_was(caplog: pytest.LogCaptureFixture)
     reports = [r.getMessage() for r in caplog.records if "windows per step" in r.getMessage()]
     assert reports and reports[-1].startswith("vLLM engine: 8 windows per step")  # all 8 ran in each step
     assert re.search(r", \d+ ms a second adding windows$", reports[-1])
+
+
+def test_a_gpu_is_seen_through_vllm_where_ctranslate2_has_no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU host with vLLM, CTranslate2's CPU-only build (or none) must not hide the GPU from `--engine vllm`."""
+    import whisper_endpoint.engines as engines
+    import whisper_endpoint.engines.vllm as vllm_engine_module
+
+    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
+    monkeypatch.setattr(vllm_engine_module, "cuda_capability", lambda: (9, 0))
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # `import ctranslate2` fails
+    assert engines.cuda_available()
+    monkeypatch.setattr(vllm_engine_module, "cuda_capability", lambda: None)
+    assert not engines.cuda_available()

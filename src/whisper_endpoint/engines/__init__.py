@@ -15,6 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def cuda_available() -> bool:
+    """An NVIDIA GPU is visible: through vLLM's platform layer (NVML) where vLLM is installed, else CTranslate2."""
+    if vllm_installed():
+        from whisper_endpoint.engines.vllm import cuda_capability
+
+        if cuda_capability() is not None:
+            return True
     try:
         import ctranslate2
 

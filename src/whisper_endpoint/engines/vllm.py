@@ -223,8 +223,8 @@ def model_folder(model: str, cache_dir: Path) -> Path:
         path = download_model(model, cache_dir)  # a clear error offline
         if not (path / "config.json").is_file() and (path / "model.bin").is_file():
             model = str(path)  # a CTranslate2 repo: converted below
-    if (path / "config.json").is_file():  # weights in any layout vLLM reads, or none (load_format=dummy)
-        return path
+    if (path / "config.json").is_file() and not (path / "model.bin").is_file():  # model.bin: CTranslate2's
+        return path  # weights in any layout vLLM reads, or none (load_format=dummy)
     if model not in BUNDLED_ALIASES and not (path / "model.bin").is_file():
         raise EngineUnavailableError(
             f"--engine vllm needs a Hugging Face Whisper folder (config.json, safetensors, tokenizer.json), a "
