@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisper_endpoint import __version__
 from whisper_endpoint.api.middleware import API_PREFIXES, BodyLimitMiddleware, Gatekeeper, error_response
+from whisper_endpoint.api.realtime import realtime_endpoint
 from whisper_endpoint.api.routes import build_router
 from whisper_endpoint.api.schemas import add_schemas
 from whisper_endpoint.audio.features import log_mel_window
@@ -120,8 +121,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.draining = False
     app.state.started_at = time.time()
     app.state.metrics = metrics
+    app.state.settings = settings
     for prefix in API_PREFIXES:
         app.include_router(build_router(), prefix=prefix, tags=["audio"])
+        app.add_api_websocket_route(f"{prefix}/realtime", realtime_endpoint)
 
     @app.exception_handler(WhisperEndpointError)
     async def handle_error(request: Request, exc: WhisperEndpointError) -> JSONResponse:

@@ -175,7 +175,7 @@ class Gatekeeper:
             )
 
     def _refusal(self, method: str, headers: Headers) -> WhisperEndpointError | None:
-        if self.api_key and not _authorized(headers, self.api_key):
+        if self.api_key and not authorized(headers, self.api_key):
             return AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
         if method == "POST" and self.app_state.draining:
             return ShuttingDownError("the server is shutting down")
@@ -191,7 +191,7 @@ def _route_label(scope: Scope) -> str:
     return path.split("/v1", 1)[-1] if path.startswith(API_PREFIXES) else path
 
 
-def _authorized(headers: Headers, api_key: str) -> bool:
+def authorized(headers: Headers, api_key: str) -> bool:
     header = headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())

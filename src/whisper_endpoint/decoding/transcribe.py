@@ -85,6 +85,19 @@ def local_speech_chunks(source: AudioSource, info: RunInfo) -> Iterator[AudioChu
     return iter_speech_chunks(iter(_Counter(info, iter_audio(source))))
 
 
+def samples_chunks(samples: np.ndarray) -> ChunkSource:
+    """A chunk source over audio already in memory (a live turn, cut by its own VAD already): one chunk when it
+    fits a window, else cut as a file is. Cut again, a short turn such as "ask not" lost its first word."""
+
+    def chunks(_source: AudioSource, info: RunInfo) -> Iterator[AudioChunk]:
+        if len(samples) > WINDOW_SAMPLES:
+            return iter_speech_chunks(iter(_Counter(info, [samples])))
+        info.samples += len(samples)
+        return iter([AudioChunk(0, samples)])
+
+    return chunks
+
+
 def iter_segments(
     source: AudioSource,
     engine: Engine,

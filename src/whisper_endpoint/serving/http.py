@@ -64,6 +64,10 @@ def guarded_protocol(settings: Settings) -> type[asyncio.Protocol]:
                 self._arm()
             super().data_received(data)
 
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            self._disarm()  # the connection is a WebSocket now: no request head comes any more
+            super().handle_websocket_upgrade(*args)
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._disarm()

@@ -65,6 +65,16 @@ class Metrics:
         self.pack_redecoded_windows = Counter(
             "whisper_pack_redecoded_windows", "Packed windows decoded again alone: their text did not split", registry=r
         )
+        self.live_sessions = Gauge("whisper_live_sessions", "Live transcription sessions open", registry=r)
+        self.live_audio_seconds = Counter(
+            "whisper_live_audio_seconds", "Audio seconds received by live sessions", registry=r
+        )
+        self.live_latency = Histogram(
+            "whisper_live_turn_latency_seconds",
+            "From the end of a live turn's speech (as received) to its completed transcript",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
         self.fallbacks = Counter(
             "whisper_temperature_fallbacks", "Windows decoded again at a higher temperature", registry=r
         )

@@ -19,11 +19,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.decode import AudioSource, probe_duration_s
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
-from whisper_endpoint.decoding.transcribe import ChunkSource, RunInfo, iter_segments, local_speech_chunks
+from whisper_endpoint.decoding.transcribe import (
+    ChunkSource,
+    RunInfo,
+    iter_segments,
+    local_speech_chunks,
+    samples_chunks,
+)
 from whisper_endpoint.engines.base import Engine
 from whisper_endpoint.errors import (
     AudioTooLongError,
@@ -123,6 +131,27 @@ class TranscriptionService:
             self._jobs.add(job)
         job.info.on_decoded = lambda: self._charge(job)
         self._publish()
+
+    def admit_live(self) -> Job:
+        """Count a live session in as one request in flight (429 when full); `end` releases it."""
+        job = Job(AudioSource(Path("live")), DecodeOptions())
+        with self._lock:
+            if self.draining:
+                raise ShuttingDownError("the server is shutting down")
+            if self.inflight >= self.settings.max_inflight_requests:
+                self.metrics.rejected.labels("requests").inc()
+                raise OverloadedError("too many requests in flight; retry later", retry_after_s=self.retry_after_s())
+            self.inflight += 1
+            self._jobs.add(job)
+        self._publish()
+        return job
+
+    def decode_samples(self, job: Job, samples: np.ndarray, options: DecodeOptions) -> list[Segment]:
+        """A live session's audio (16 kHz samples) through the shared scheduler, batched with every other
+        request's windows; blocking, so run in a thread. Stops when the session ends."""
+        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled.is_set, self.front_end_slots)
+        with self.front_end_slots:  # VAD and log-mel are front-end work; the engine wait lets the slot go
+            return list(iter_segments(job.source, engine, options, RunInfo(), None, samples_chunks(samples)))
 
     def _charge(self, job: Job) -> None:
         """Called by the worker as audio decodes: stop a request whose client left or that the server

@@ -1,0 +1,384 @@
+"""Live transcription over WebSocket, in the shapes of OpenAI's Realtime API for transcription sessions.
+
+`GET /v1/realtime?intent=transcription` upgraded to a WebSocket. The client configures the session
+(`session.update` with `session.type = "transcription"`, or the older `transcription_session.update`), appends
+base64 pcm16 audio and, without server VAD, commits it; the server answers with OpenAI's events: speech started
+and stopped, committed, transcription deltas while a turn is open, completed at its end, and `error` events for
+bad input (the connection stays open). A session counts as one request in flight against admission control and
+decodes through the same scheduler as file requests, batched with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from fastapi import WebSocket, WebSocketDisconnect
+
+from whisper_endpoint.api.middleware import authorized, error_response
+from whisper_endpoint.audio import SAMPLE_RATE
+from whisper_endpoint.decoding.languages import LANGUAGES
+from whisper_endpoint.decoding.options import DecodeOptions
+from whisper_endpoint.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ShuttingDownError,
+    WhisperEndpointError,
+)
+from whisper_endpoint.serving.live import LocalAgreement, PcmInput, TurnDetection, TurnDetector
+from whisper_endpoint.serving.service import Job, TranscriptionService
+
+log = logging.getLogger(__name__)
+
+MAX_APPEND_BYTES = 15 * 1024 * 1024  # one append's base64 audio, as OpenAI limits it
+MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
+MAX_TURN_MS = 120_000  # a turn that long is committed as it stands: memory stays bounded
+PARTIAL_EVERY_MS = 1_000  # an open turn is decoded again after this much new audio
+TAIL_MS = 300  # silence kept after a turn's last speech, as a file's chunks keep it
+PREVIOUS_TEXT_CHARS = 500  # of the last turn, in the next turn's prompt (Whisper keeps 223 tokens at most)
+CLIENT_EVENTS = (
+    "session.update",
+    "transcription_session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+)
+
+
+DEFAULT_TURN_DETECTION = TurnDetection()
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    model: str = "whisper-1"
+    language: str | None = None
+    prompt: str | None = None
+    rate: int = 24_000
+    turn_detection: TurnDetection | None = DEFAULT_TURN_DETECTION
+
+    def options(self, previous_text: str) -> DecodeOptions:
+        """A turn decodes after the session's prompt and the previous turn's text, as Whisper conditions each
+        window on the text before it: alone, a short turn ("ask not") is often misheard."""
+        prompt = " ".join(p for p in (self.prompt, previous_text) if p) or None
+        return DecodeOptions(language=self.language, prompt=prompt, condition_on_previous_text=False)
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be a number from {low:g} to {high:g}", param=name)
+    return float(value)
+
+
+def _turn_detection(value: Any) -> TurnDetection | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
+        raise InvalidRequestError("turn_detection: only server_vad or null", param="turn_detection")
+    base = TurnDetection()
+    return TurnDetection(
+        threshold=_number(value.get("threshold", base.threshold), "turn_detection.threshold", 0, 1),
+        prefix_padding_ms=int(
+            _number(value.get("prefix_padding_ms", 300), "turn_detection.prefix_padding_ms", 0, 5000)
+        ),
+        silence_duration_ms=int(
+            _number(value.get("silence_duration_ms", 500), "turn_detection.silence_duration_ms", 100, 10_000)
+        ),
+    )
+
+
+def _rate(audio_format: Any) -> int:
+    """pcm16 (OpenAI's 24 kHz), or {"type": "audio/pcm", "rate": 24000 or 16000}."""
+    if audio_format == "pcm16":
+        return 24_000
+    if isinstance(audio_format, dict) and audio_format.get("type") == "audio/pcm":
+        rate = audio_format.get("rate", 24_000)
+        if rate in (16_000, 24_000):
+            return int(rate)
+    raise InvalidRequestError("input audio format: pcm16 at 24000 or 16000 Hz only", param="input_audio_format")
+
+
+def updated_config(config: SessionConfig, event: dict[str, Any]) -> SessionConfig:
+    """The session after a `session.update` (GA shape) or `transcription_session.update` (beta shape)."""
+    session = event.get("session")
+    if not isinstance(session, dict):
+        raise InvalidRequestError("session must be an object", param="session")
+    if event["type"] == "session.update":
+        if session.get("type", "transcription") != "transcription":
+            raise InvalidRequestError("this server has transcription sessions only", param="session.type")
+        settings = (session.get("audio") or {}).get("input") or {}
+        audio_format, transcription = settings.get("format"), settings.get("transcription")
+    else:
+        settings = session
+        audio_format, transcription = session.get("input_audio_format"), session.get("input_audio_transcription")
+    if audio_format is not None:
+        config = replace(config, rate=_rate(audio_format))
+    if "turn_detection" in settings:
+        config = replace(config, turn_detection=_turn_detection(settings["turn_detection"]))
+    if transcription is not None:
+        if not isinstance(transcription, dict):
+            raise InvalidRequestError("transcription must be an object", param="transcription")
+        language = transcription.get("language") or None
+        if language is not None and language not in LANGUAGES:
+            raise InvalidRequestError(f"unknown language {language!r}", param="transcription.language")
+        prompt = transcription.get("prompt")
+        config = replace(
+            config, model=str(transcription.get("model") or config.model), language=language, prompt=prompt or None
+        )
+    return config
+
+
+def session_object(config: SessionConfig, session_id: str) -> dict[str, Any]:
+    """The session as OpenAI describes a transcription session (GA shape)."""
+    turn = None
+    if config.turn_detection is not None:
+        turn = {"type": "server_vad", **config.turn_detection.__dict__}
+    return {
+        "type": "transcription",
+        "id": session_id,
+        "object": "realtime.transcription_session",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": config.rate},
+                "transcription": {"model": config.model, "language": config.language, "prompt": config.prompt or ""},
+                "turn_detection": turn,
+                "noise_reduction": None,
+            }
+        },
+    }
+
+
+def error_event(exc: WhisperEndpointError, client_event_id: str | None = None) -> dict[str, Any]:
+    return {"type": "error", "event_id": _id("event"), "error": {**exc.body(), "event_id": client_event_id}}
+
+
+class LiveSession:
+    """One WebSocket's session: audio in, turns cut, decodes queued one after the other, events out."""
+
+    def __init__(self, websocket: WebSocket, service: TranscriptionService, job: Job) -> None:
+        self.ws, self.service, self.job = websocket, service, job
+        self.metrics = service.metrics
+        self.config = SessionConfig()
+        self.session_id = _id("sess")
+        self.pcm = PcmInput(self.config.rate)
+        self.detector: TurnDetector | None = TurnDetector(TurnDetection())
+        self.buffer = np.zeros(0, np.float32)  # audio since `buffer_start` (16 kHz samples)
+        self.buffer_start = 0  # session sample where the buffer starts
+        self.received = 0  # session samples received
+        self.turn_start: int | None = None  # session sample where the open turn starts
+        self.item_id = _id("item")
+        self.previous_item: str | None = None
+        self.agreement = LocalAgreement()
+        self.last_partial = 0
+        self.work: asyncio.Queue[tuple[str, str, np.ndarray, LocalAgreement, float]] = asyncio.Queue()
+        self.partial_queued = False
+        self.previous_text = ""  # the last completed turn's text
+        self.send_lock = asyncio.Lock()
+
+    async def send(self, event: dict[str, Any]) -> None:
+        event.setdefault("event_id", _id("event"))
+        async with self.send_lock:
+            await self.ws.send_text(json.dumps(event))
+
+    async def run(self) -> None:
+        await self.send({"type": "session.created", "session": session_object(self.config, self.session_id)})
+        decoder = asyncio.create_task(self._decode_loop())
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if decoder.done():  # the session's decodes ended (the server is shutting down)
+                    decoder.result()
+                await self._handle(message.get("text"), message.get("bytes"))
+        finally:
+            decoder.cancel()
+
+    async def _handle(self, text: str | None, data: bytes | None) -> None:
+        client_event_id = None
+        try:
+            if text is None:
+                raise InvalidRequestError("send events as JSON text messages", code="invalid_event")
+            if len(text) > MAX_APPEND_BYTES + 1024:
+                raise InvalidRequestError("event too large: at most 15 MiB of audio per append", code="invalid_event")
+            try:
+                event = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequestError(f"not JSON: {exc.msg}", code="invalid_json") from exc
+            if isinstance(event, dict) and isinstance(event.get("event_id"), str):
+                client_event_id = event["event_id"]
+            if not isinstance(event, dict) or event.get("type") not in CLIENT_EVENTS:
+                kind = event.get("type") if isinstance(event, dict) else None
+                raise InvalidRequestError(f"unknown event type {kind!r}", param="type", code="invalid_event")
+            await self._dispatch(event)
+        except WhisperEndpointError as exc:
+            self.metrics.errors.labels(exc.code or exc.error_type).inc()
+            await self.send(error_event(exc, client_event_id))
+
+    async def _dispatch(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind in ("session.update", "transcription_session.update"):
+            self.config = updated_config(self.config, event)
+            if self.config.rate != self.pcm.rate:
+                self.pcm = PcmInput(self.config.rate)
+            detection = self.config.turn_detection
+            self.detector = None if detection is None else TurnDetector(detection)
+            reply = "session.updated" if kind == "session.update" else "transcription_session.updated"
+            await self.send({"type": reply, "session": session_object(self.config, self.session_id)})
+        elif kind == "input_audio_buffer.append":
+            await self._append(event.get("audio"))
+        elif kind == "input_audio_buffer.commit":
+            start = self.turn_start if self.turn_start is not None else self.buffer_start
+            if (self.received - start) * 1000 < MIN_COMMIT_MS * SAMPLE_RATE:
+                raise InvalidRequestError(
+                    f"buffer too small: at least {MIN_COMMIT_MS} ms of audio to commit",
+                    code="input_audio_buffer_commit_empty",
+                )
+            await self._commit(start, self.received)
+        else:  # input_audio_buffer.clear
+            self.buffer, self.buffer_start, self.turn_start = np.zeros(0, np.float32), self.received, None
+            self.agreement = LocalAgreement()
+            await self.send({"type": "input_audio_buffer.cleared"})
+
+    async def _append(self, audio: Any) -> None:
+        if not isinstance(audio, str) or not audio:
+            raise InvalidRequestError("audio must be base64 pcm16", param="audio", code="invalid_audio")
+        if len(audio) > MAX_APPEND_BYTES:
+            raise InvalidRequestError("at most 15 MiB of audio per append", param="audio", code="invalid_audio")
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequestError("audio is not valid base64", param="audio", code="invalid_audio") from exc
+        samples = self.pcm.feed(data)
+        self.metrics.live_audio_seconds.inc(len(data) / 2 / self.pcm.rate)
+        self.buffer = np.concatenate([self.buffer, samples])
+        self.received += len(samples)
+        if self.detector is None:
+            return
+        for turn in self.detector.feed(samples):
+            at = turn.at_ms * SAMPLE_RATE // 1000
+            if turn.kind == "started":
+                self.turn_start = max(at, self.buffer_start)
+                self.agreement, self.last_partial = LocalAgreement(), self.received
+                await self.send(
+                    {"type": "input_audio_buffer.speech_started", "audio_start_ms": turn.at_ms, "item_id": self.item_id}
+                )
+            elif self.turn_start is not None:
+                await self.send(
+                    {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": turn.at_ms, "item_id": self.item_id}
+                )
+                await self._commit(self.turn_start, min(self.received, at + TAIL_MS * SAMPLE_RATE // 1000))
+        if self.turn_start is not None:
+            if self.received - self.turn_start >= MAX_TURN_MS * SAMPLE_RATE // 1000:
+                await self._commit(self.turn_start, self.received)
+            elif (
+                self.received - self.last_partial >= PARTIAL_EVERY_MS * SAMPLE_RATE // 1000 and not self.partial_queued
+            ):
+                self.last_partial, self.partial_queued = self.received, True
+                so_far = self.buffer[self.turn_start - self.buffer_start :].copy()
+                self.work.put_nowait(("partial", self.item_id, so_far, self.agreement, 0.0))
+
+    async def _commit(self, start: int, end: int) -> None:
+        """The audio from `start` to `end` (session samples) becomes the current item, queued for its decode."""
+        turn = self.buffer[max(0, start - self.buffer_start) : end - self.buffer_start].copy()
+        self.buffer, self.buffer_start = self.buffer[end - self.buffer_start :], end
+        item, agreement = self.item_id, self.agreement
+        await self.send(
+            {"type": "input_audio_buffer.committed", "item_id": item, "previous_item_id": self.previous_item}
+        )
+        self.work.put_nowait(("final", item, turn, agreement, time.monotonic()))
+        self.previous_item, self.item_id, self.turn_start = item, _id("item"), None
+        self.agreement = LocalAgreement()
+
+    async def _decode_loop(self) -> None:
+        while True:
+            kind, item, samples, agreement, committed_at = await self.work.get()
+            if kind == "partial":
+                self.partial_queued = False
+                if item != self.item_id or not self.work.empty():  # the turn ended meanwhile: its final follows
+                    continue
+            try:
+                segments = await asyncio.to_thread(
+                    self.service.decode_samples, self.job, samples, self.config.options(self.previous_text)
+                )
+            except WhisperEndpointError as exc:
+                if self.job.cancelled.is_set():  # the session is over (closed, or the server stops)
+                    raise
+                if kind == "final":
+                    failed = {"type": "conversation.item.input_audio_transcription.failed", "item_id": item}
+                    await self.send({**failed, "content_index": 0, "error": exc.body()})
+                continue
+            text = "".join(s.text.rstrip() for s in segments).strip()
+            delta = agreement.hypothesis(text) if kind == "partial" else agreement.final(text)
+            if delta:
+                await self.send(
+                    {
+                        "type": "conversation.item.input_audio_transcription.delta",
+                        "item_id": item,
+                        "content_index": 0,
+                        "delta": delta,
+                    }
+                )
+            if kind == "final":
+                self.previous_text = text[-PREVIOUS_TEXT_CHARS:]
+                await self.send(
+                    {
+                        "type": "conversation.item.input_audio_transcription.completed",
+                        "item_id": item,
+                        "content_index": 0,
+                        "transcript": text,
+                        "usage": {"type": "duration", "seconds": round(len(samples) / SAMPLE_RATE, 3)},
+                    }
+                )
+                self.metrics.live_latency.observe(time.monotonic() - committed_at)
+
+
+async def realtime_endpoint(websocket: WebSocket) -> None:
+    """The WebSocket route: key and admission checked before the upgrade (refused with an HTTP error in
+    OpenAI's envelope), then one `LiveSession` until either side closes."""
+    state = websocket.app.state
+    service: TranscriptionService | None = getattr(state, "service", None)
+    refusal: WhisperEndpointError | None = None
+    api_key = state.settings.api_key
+    if api_key and not authorized(websocket.headers, api_key):
+        refusal = AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
+    elif service is None or not state.ready or state.draining:
+        refusal = ShuttingDownError("the server is not ready or is shutting down")
+    job = None
+    if refusal is None and service is not None:
+        try:
+            job = service.admit_live()
+        except WhisperEndpointError as exc:
+            refusal = exc
+    if refusal is not None or service is None or job is None:
+        assert refusal is not None
+        await websocket.send_denial_response(error_response(refusal))
+        return
+    await websocket.accept()
+    service.metrics.live_sessions.inc()
+    loop = asyncio.get_running_loop()
+
+    def close_for_shutdown(_error: object) -> None:  # abort_all, from any thread: the server stops
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(websocket.close(1012)))
+
+    job.wake = close_for_shutdown
+    try:
+        await LiveSession(websocket, service, job).run()
+    except WebSocketDisconnect:
+        pass
+    except WhisperEndpointError as exc:  # the session's decodes were stopped (shutdown)
+        log.info("live session ended: %s", exc)
+    finally:
+        service.metrics.live_sessions.dec()
+        service.end(job)
