@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import jiwer
 import numpy as np
 import pytest
 from openai import OpenAI
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import JFK, RunningServer, metric_value, start_server
@@ -240,3 +241,44 @@ def test_a_session_outlives_the_request_head_deadline_of_the_real_server(tmp_pat
         time.sleep(2.5)
         ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
         assert json.loads(ws.recv(timeout=10))["type"] == "input_audio_buffer.cleared"
+
+
+@pytest.mark.slow
+def test_on_sigterm_a_session_gets_its_open_turn_transcribed_then_ends(tmp_path: Path) -> None:
+    """Draining: the turn still open is committed and transcribed, an error event says the session ended,
+    the socket closes as "going away", and the server exits 0 without waiting for the grace period."""
+    samples = load_audio(AudioSource(JFK))[: 16_000 * 2]  # "And so my fellow Americans", cut before its end
+    with server_process(tmp_path, shutdown_grace_s="60") as proc:
+        with connect(ws_url(proc.url)) as ws:
+            ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": 16000}, "transcription": {"language": "en"}}}}}))  # fmt: skip
+            stream(ws, pcm16(samples, 16_000), 16_000, speed=1000)
+            events = events_until(ws, "input_audio_buffer.speech_started")
+            proc.proc.send_signal(signal.SIGTERM)
+            events += events_until(ws, "error")
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert proc.proc.wait(timeout=30) == 0
+    kinds = [e["type"] for e in events]
+    completed = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert kinds.index("input_audio_buffer.committed") < kinds.index("error") and len(completed) == 1
+    assert "fellow" in completed[0]["transcript"].lower()
+    assert events[-1]["error"]["code"] == "shutting_down"
+
+
+@pytest.mark.slow
+def test_audio_sent_at_real_time_gets_the_same_text(server: RunningServer) -> None:
+    client = OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
+    file_text = client.audio.transcriptions.create(model="whisper-1", file=JFK.open("rb"), language="en").text
+    with connect(ws_url(server.url)) as ws:
+        ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+            "transcription": {"language": "en"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 1500}}}}}))  # fmt: skip
+        audio = pcm16(np.concatenate([load_audio(AudioSource(JFK)), silence(2.5)]), 24_000)
+        stream(ws, audio, 24_000, speed=1)
+        events = events_until(ws, "conversation.item.input_audio_transcription.completed")
+    normalize = english_normalizer()
+    assert normalize(events[-1]["transcript"]) == normalize(file_text)
+    deltas = [e["delta"] for e in events if e["type"].endswith(".delta")]
+    assert len(deltas) >= 3  # partial text while the turn was open, not only at its end

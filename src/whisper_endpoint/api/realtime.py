@@ -16,17 +16,21 @@ import binascii
 import json
 import logging
 import time
-import uuid
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from whisper_endpoint.api.middleware import authorized, error_response
+from whisper_endpoint.api.realtime_protocol import (
+    PREVIOUS_TEXT_CHARS,
+    SessionConfig,
+    error_event,
+    new_id,
+    session_object,
+    updated_config,
+)
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.decoding.languages import LANGUAGES
-from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -41,9 +45,10 @@ log = logging.getLogger(__name__)
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # one append's base64 audio, as OpenAI limits it
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
 MAX_TURN_MS = 120_000  # a turn that long is committed as it stands: memory stays bounded
+DRAIN_POLL_S = 0.1
+GOING_AWAY = 1001  # WebSocket close code: the server is going down
 PARTIAL_EVERY_MS = 1_000  # an open turn is decoded again after this much new audio
 TAIL_MS = 300  # silence kept after a turn's last speech, as a file's chunks keep it
-PREVIOUS_TEXT_CHARS = 500  # of the last turn, in the next turn's prompt (Whisper keeps 223 tokens at most)
 CLIENT_EVENTS = (
     "session.update",
     "transcription_session.update",
@@ -53,116 +58,6 @@ CLIENT_EVENTS = (
 )
 
 
-DEFAULT_TURN_DETECTION = TurnDetection()
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    model: str = "whisper-1"
-    language: str | None = None
-    prompt: str | None = None
-    rate: int = 24_000
-    turn_detection: TurnDetection | None = DEFAULT_TURN_DETECTION
-
-    def options(self, previous_text: str) -> DecodeOptions:
-        """A turn decodes after the session's prompt and the previous turn's text, as Whisper conditions each
-        window on the text before it: alone, a short turn ("ask not") is often misheard."""
-        prompt = " ".join(p for p in (self.prompt, previous_text) if p) or None
-        return DecodeOptions(language=self.language, prompt=prompt, condition_on_previous_text=False)
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidRequestError(f"{name} must be a number from {low:g} to {high:g}", param=name)
-    return float(value)
-
-
-def _turn_detection(value: Any) -> TurnDetection | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
-        raise InvalidRequestError("turn_detection: only server_vad or null", param="turn_detection")
-    base = TurnDetection()
-    return TurnDetection(
-        threshold=_number(value.get("threshold", base.threshold), "turn_detection.threshold", 0, 1),
-        prefix_padding_ms=int(
-            _number(value.get("prefix_padding_ms", 300), "turn_detection.prefix_padding_ms", 0, 5000)
-        ),
-        silence_duration_ms=int(
-            _number(value.get("silence_duration_ms", 500), "turn_detection.silence_duration_ms", 100, 10_000)
-        ),
-    )
-
-
-def _rate(audio_format: Any) -> int:
-    """pcm16 (OpenAI's 24 kHz), or {"type": "audio/pcm", "rate": 24000 or 16000}."""
-    if audio_format == "pcm16":
-        return 24_000
-    if isinstance(audio_format, dict) and audio_format.get("type") == "audio/pcm":
-        rate = audio_format.get("rate", 24_000)
-        if rate in (16_000, 24_000):
-            return int(rate)
-    raise InvalidRequestError("input audio format: pcm16 at 24000 or 16000 Hz only", param="input_audio_format")
-
-
-def updated_config(config: SessionConfig, event: dict[str, Any]) -> SessionConfig:
-    """The session after a `session.update` (GA shape) or `transcription_session.update` (beta shape)."""
-    session = event.get("session")
-    if not isinstance(session, dict):
-        raise InvalidRequestError("session must be an object", param="session")
-    if event["type"] == "session.update":
-        if session.get("type", "transcription") != "transcription":
-            raise InvalidRequestError("this server has transcription sessions only", param="session.type")
-        settings = (session.get("audio") or {}).get("input") or {}
-        audio_format, transcription = settings.get("format"), settings.get("transcription")
-    else:
-        settings = session
-        audio_format, transcription = session.get("input_audio_format"), session.get("input_audio_transcription")
-    if audio_format is not None:
-        config = replace(config, rate=_rate(audio_format))
-    if "turn_detection" in settings:
-        config = replace(config, turn_detection=_turn_detection(settings["turn_detection"]))
-    if transcription is not None:
-        if not isinstance(transcription, dict):
-            raise InvalidRequestError("transcription must be an object", param="transcription")
-        language = transcription.get("language") or None
-        if language is not None and language not in LANGUAGES:
-            raise InvalidRequestError(f"unknown language {language!r}", param="transcription.language")
-        prompt = transcription.get("prompt")
-        config = replace(
-            config, model=str(transcription.get("model") or config.model), language=language, prompt=prompt or None
-        )
-    return config
-
-
-def session_object(config: SessionConfig, session_id: str) -> dict[str, Any]:
-    """The session as OpenAI describes a transcription session (GA shape)."""
-    turn = None
-    if config.turn_detection is not None:
-        turn = {"type": "server_vad", **config.turn_detection.__dict__}
-    return {
-        "type": "transcription",
-        "id": session_id,
-        "object": "realtime.transcription_session",
-        "audio": {
-            "input": {
-                "format": {"type": "audio/pcm", "rate": config.rate},
-                "transcription": {"model": config.model, "language": config.language, "prompt": config.prompt or ""},
-                "turn_detection": turn,
-                "noise_reduction": None,
-            }
-        },
-    }
-
-
-def error_event(exc: WhisperEndpointError, client_event_id: str | None = None) -> dict[str, Any]:
-    return {"type": "error", "event_id": _id("event"), "error": {**exc.body(), "event_id": client_event_id}}
-
-
 class LiveSession:
     """One WebSocket's session: audio in, turns cut, decodes queued one after the other, events out."""
 
@@ -170,14 +65,14 @@ class LiveSession:
         self.ws, self.service, self.job = websocket, service, job
         self.metrics = service.metrics
         self.config = SessionConfig()
-        self.session_id = _id("sess")
+        self.session_id = new_id("sess")
         self.pcm = PcmInput(self.config.rate)
         self.detector: TurnDetector | None = TurnDetector(TurnDetection())
         self.buffer = np.zeros(0, np.float32)  # audio since `buffer_start` (16 kHz samples)
         self.buffer_start = 0  # session sample where the buffer starts
         self.received = 0  # session samples received
         self.turn_start: int | None = None  # session sample where the open turn starts
-        self.item_id = _id("item")
+        self.item_id = new_id("item")
         self.previous_item: str | None = None
         self.agreement = LocalAgreement()
         self.last_partial = 0
@@ -187,23 +82,45 @@ class LiveSession:
         self.send_lock = asyncio.Lock()
 
     async def send(self, event: dict[str, Any]) -> None:
-        event.setdefault("event_id", _id("event"))
+        event.setdefault("event_id", new_id("event"))
         async with self.send_lock:
             await self.ws.send_text(json.dumps(event))
 
     async def run(self) -> None:
         await self.send({"type": "session.created", "session": session_object(self.config, self.session_id)})
         decoder = asyncio.create_task(self._decode_loop())
+        drain = asyncio.create_task(self._draining())
+        receive: asyncio.Task[Any] | None = None
         try:
             while True:
-                message = await self.ws.receive()
+                receive = receive or asyncio.create_task(self.ws.receive())
+                done, _ = await asyncio.wait({receive, drain, decoder}, return_when=asyncio.FIRST_COMPLETED)
+                if decoder in done:  # it only ends by failing: the session's decodes were stopped
+                    decoder.result()
+                if drain in done:
+                    await self._finish()
+                    return
+                message, receive = receive.result(), None
                 if message["type"] == "websocket.disconnect":
                     return
-                if decoder.done():  # the session's decodes ended (the server is shutting down)
-                    decoder.result()
                 await self._handle(message.get("text"), message.get("bytes"))
         finally:
-            decoder.cancel()
+            for task in (receive, drain, decoder):
+                if task is not None:
+                    task.cancel()
+
+    async def _draining(self) -> None:
+        while not self.service.draining:
+            await asyncio.sleep(DRAIN_POLL_S)
+
+    async def _finish(self) -> None:
+        """The server is draining: the open turn is committed, every committed turn transcribed, then the
+        session ends (an error event says why, and the socket closes as "going away")."""
+        if self.turn_start is not None and (self.received - self.turn_start) * 1000 >= MIN_COMMIT_MS * SAMPLE_RATE:
+            await self._commit(self.turn_start, self.received)
+        await self.work.join()
+        await self.send(error_event(ShuttingDownError("the server is shutting down; this session has ended")))
+        await self.ws.close(GOING_AWAY)
 
     async def _handle(self, text: str | None, data: bytes | None) -> None:
         client_event_id = None
@@ -298,50 +215,45 @@ class LiveSession:
             {"type": "input_audio_buffer.committed", "item_id": item, "previous_item_id": self.previous_item}
         )
         self.work.put_nowait(("final", item, turn, agreement, time.monotonic()))
-        self.previous_item, self.item_id, self.turn_start = item, _id("item"), None
+        self.previous_item, self.item_id, self.turn_start = item, new_id("item"), None
         self.agreement = LocalAgreement()
 
     async def _decode_loop(self) -> None:
         while True:
             kind, item, samples, agreement, committed_at = await self.work.get()
-            if kind == "partial":
-                self.partial_queued = False
-                if item != self.item_id or not self.work.empty():  # the turn ended meanwhile: its final follows
-                    continue
             try:
-                segments = await asyncio.to_thread(
-                    self.service.decode_samples, self.job, samples, self.config.options(self.previous_text)
-                )
-            except WhisperEndpointError as exc:
-                if self.job.cancelled.is_set():  # the session is over (closed, or the server stops)
-                    raise
-                if kind == "final":
-                    failed = {"type": "conversation.item.input_audio_transcription.failed", "item_id": item}
-                    await self.send({**failed, "content_index": 0, "error": exc.body()})
-                continue
-            text = "".join(s.text.rstrip() for s in segments).strip()
-            delta = agreement.hypothesis(text) if kind == "partial" else agreement.final(text)
-            if delta:
-                await self.send(
-                    {
-                        "type": "conversation.item.input_audio_transcription.delta",
-                        "item_id": item,
-                        "content_index": 0,
-                        "delta": delta,
-                    }
-                )
+                await self._decode(kind, item, samples, agreement, committed_at)
+            finally:
+                self.work.task_done()
+
+    async def _decode(
+        self, kind: str, item: str, samples: np.ndarray, agreement: LocalAgreement, committed_at: float
+    ) -> None:
+        if kind == "partial":
+            self.partial_queued = False
+            if item != self.item_id or not self.work.empty():  # the turn ended meanwhile: its final follows
+                return
+        options = self.config.options(self.previous_text)
+        try:
+            segments = await asyncio.to_thread(self.service.decode_samples, self.job, samples, options)
+        except WhisperEndpointError as exc:
+            if self.job.cancelled.is_set():  # the session is over (closed, or the server stops)
+                raise
             if kind == "final":
-                self.previous_text = text[-PREVIOUS_TEXT_CHARS:]
-                await self.send(
-                    {
-                        "type": "conversation.item.input_audio_transcription.completed",
-                        "item_id": item,
-                        "content_index": 0,
-                        "transcript": text,
-                        "usage": {"type": "duration", "seconds": round(len(samples) / SAMPLE_RATE, 3)},
-                    }
-                )
-                self.metrics.live_latency.observe(time.monotonic() - committed_at)
+                failed = {"type": "conversation.item.input_audio_transcription.failed", "item_id": item}
+                await self.send({**failed, "content_index": 0, "error": exc.body()})
+            return
+        text = "".join(s.text.rstrip() for s in segments).strip()
+        delta = agreement.hypothesis(text) if kind == "partial" else agreement.final(text)
+        transcription = "conversation.item.input_audio_transcription"
+        if delta:
+            await self.send({"type": f"{transcription}.delta", "item_id": item, "content_index": 0, "delta": delta})
+        if kind == "final":
+            self.previous_text = text[-PREVIOUS_TEXT_CHARS:]
+            usage = {"type": "duration", "seconds": round(len(samples) / SAMPLE_RATE, 3)}
+            completed = {"type": f"{transcription}.completed", "item_id": item, "content_index": 0}
+            await self.send({**completed, "transcript": text, "usage": usage})
+            self.metrics.live_latency.observe(time.monotonic() - committed_at)
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
