@@ -16,20 +16,27 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium 
 
 
 @contextmanager
-def offline_page(server_url: str, outside: list[str], **context: Any) -> Iterator[Any]:
-    """A page that may reach `server_url` only; every other URL it asks for is aborted and listed in `outside`."""
+def offline_page(server_url: str, outside: list[str], args: tuple[str, ...] = (), **context: Any) -> Iterator[Any]:
+    """A page that may reach `server_url` only; every other URL it asks for is aborted and listed in `outside`.
+    `args`: more Chromium switches (a fake microphone)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                *args,
+            ],
         )
         page = browser.new_context(**context).new_page()
 
         def route(r):  # type: ignore[no-untyped-def]
             url = r.request.url
-            if url.startswith((server_url, "blob:", "data:")):
+            if url.startswith((server_url, server_url.replace("http", "ws", 1), "blob:", "data:")):
                 r.continue_()
             else:
                 outside.append(url)

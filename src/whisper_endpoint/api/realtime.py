@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import time
@@ -256,6 +257,15 @@ class LiveSession:
             self.metrics.live_latency.observe(time.monotonic() - committed_at)
 
 
+BROWSER_SUBPROTOCOL = "realtime"  # what OpenAI's browser clients offer, with the key as a second subprotocol
+KEY_SUBPROTOCOL = "openai-insecure-api-key."  # a browser cannot set an Authorization header on a WebSocket
+
+
+def _key_in_subprotocols(offered: list[str], api_key: str) -> bool:
+    keys = [p[len(KEY_SUBPROTOCOL) :] for p in offered if p.startswith(KEY_SUBPROTOCOL)]
+    return any(hmac.compare_digest(key.encode(), api_key.encode()) for key in keys)
+
+
 async def realtime_endpoint(websocket: WebSocket) -> None:
     """The WebSocket route: key and admission checked before the upgrade (refused with an HTTP error in
     OpenAI's envelope), then one `LiveSession` until either side closes."""
@@ -263,7 +273,8 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     service: TranscriptionService | None = getattr(state, "service", None)
     refusal: WhisperEndpointError | None = None
     api_key = state.settings.api_key
-    if api_key and not authorized(websocket.headers, api_key):
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    if api_key and not (authorized(websocket.headers, api_key) or _key_in_subprotocols(offered, api_key)):
         refusal = AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
     elif service is None or not state.ready or state.draining:
         refusal = ShuttingDownError("the server is not ready or is shutting down")
@@ -277,7 +288,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         assert refusal is not None
         await websocket.send_denial_response(error_response(refusal))
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=BROWSER_SUBPROTOCOL if BROWSER_SUBPROTOCOL in offered else None)
     service.metrics.live_sessions.inc()
     loop = asyncio.get_running_loop()
 

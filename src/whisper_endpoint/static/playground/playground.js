@@ -131,6 +131,74 @@ $("record").addEventListener("click", async () => {
   }
 });
 
+// ---- live: the microphone over WebSocket (/v1/realtime, OpenAI's transcription session events) ----
+const LIVE_RATE = 24000; // pcm16 at 24 kHz, as OpenAI's Realtime API takes it
+const live = { socket: null, context: null, stream: null, node: null };
+function pcm16Base64(floats) {
+  const bytes = new Uint8Array(floats.length * 2);
+  const view = new DataView(bytes.buffer);
+  floats.forEach((x, i) => view.setInt16(i * 2, Math.max(-1, Math.min(1, x)) * 0x7fff, true));
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+function stopLive(message) {
+  if (live.node) live.node.disconnect();
+  if (live.stream) live.stream.getTracks().forEach((t) => t.stop());
+  if (live.context) live.context.close().catch(() => {});
+  if (live.socket && live.socket.readyState <= 1) live.socket.close();
+  Object.assign(live, { socket: null, context: null, stream: null, node: null });
+  $("live-button").textContent = "◉ Live"; $("live-button").classList.remove("recording");
+  setState(message ? "failed" : "done", message ? "" : "live session ended");
+  if (message) showError(message);
+}
+function addTurn(text) {
+  const item = document.createElement("li");
+  item.textContent = text;
+  $("turns").append(item);
+}
+async function startLive() {
+  if (!navigator.mediaDevices || !window.WebSocket) { showError("This browser cannot stream audio here."); return; }
+  resetOutput(); $("turns").replaceChildren();
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/realtime?intent=transcription`;
+  // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol, as OpenAI's browser clients send it.
+  const protocols = ["realtime", ...($("key").value ? [`openai-insecure-api-key.${$("key").value}`] : [])];
+  try {
+    live.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+  } catch (err) { showError(`Microphone unavailable: ${err.message}`); return; }
+  live.socket = new WebSocket(url, protocols);
+  live.socket.onerror = () => stopLive("The live connection failed (wrong API key, or the server is busy).");
+  live.socket.onmessage = (message) => {
+    const e = JSON.parse(message.data);
+    if (e.type === "conversation.item.input_audio_transcription.delta") $("live").textContent += e.delta;
+    else if (e.type === "conversation.item.input_audio_transcription.completed") {
+      if (e.transcript) addTurn(e.transcript);
+      $("live").textContent = "";
+      state.text = [...$("turns").children].map((li) => li.textContent).join(" ");
+    } else if (e.type === "input_audio_buffer.speech_started") setState("streaming", "listening: speech");
+    else if (e.type === "input_audio_buffer.speech_stopped") setState("streaming", "listening");
+    else if (e.type === "error") showError(e.error.message);
+  };
+  live.socket.onopen = () => {
+    const language = $("language").value || null;
+    live.socket.send(JSON.stringify({ type: "session.update", session: { type: "transcription", audio: { input: {
+      format: { type: "audio/pcm", rate: LIVE_RATE }, transcription: { model: "whisper-1", language } } } } }));
+    live.context = new AudioContext({ sampleRate: LIVE_RATE });
+    const source = live.context.createMediaStreamSource(live.stream);
+    live.node = live.context.createScriptProcessor(2048, 1, 1); // about 85 ms at 24 kHz
+    live.node.onaudioprocess = (ev) => {
+      if (live.socket && live.socket.readyState === 1) {
+        live.socket.send(JSON.stringify({ type: "input_audio_buffer.append", audio: pcm16Base64(ev.inputBuffer.getChannelData(0)) }));
+      }
+    };
+    source.connect(live.node); live.node.connect(live.context.destination);
+    $("live-button").textContent = "■ Stop live"; $("live-button").classList.add("recording");
+    setState("streaming", "listening");
+  };
+  live.socket.onclose = () => { if (live.socket) stopLive(); };
+}
+$("live-button").addEventListener("click", () => (live.socket ? stopLive() : startLive()));
+
 // ---- talking to the API ----
 async function apiError(response) {
   let message = response.statusText || "request failed";
