@@ -104,6 +104,23 @@ class CTranslate2Engine:
             return self._generate(sampler, [window], options)[0]
 
     def _generate(self, model: Any, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+        """CTranslate2 decodes a batch only where <|startoftranscript|> sits at the same position in every prompt:
+        windows with previous text of other lengths (other requests' prompts, a live session's last turn) go
+        in a call of their own."""
+        sot = self.tokenizer.sot
+        groups: dict[int, list[int]] = {}
+        for i, window in enumerate(windows):
+            groups.setdefault(window.prompt.index(sot) if sot in window.prompt else 0, []).append(i)
+        out: list[Generation | None] = [None] * len(windows)
+        for indices in groups.values():
+            generations = self._generate_aligned(model, [windows[i] for i in indices], options)
+            for i, generation in zip(indices, generations, strict=True):
+                out[i] = generation
+        return [g for g in out if g is not None]
+
+    def _generate_aligned(
+        self, model: Any, windows: Sequence[WindowInput], options: SamplingOptions
+    ) -> list[Generation]:
         sampling = options.temperature > 0
         results = model.generate(
             self._features([w.features for w in windows]),
