@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -52,23 +53,29 @@ def one_session(url: str, audio: bytes, latencies: list[float], errors: list[str
             ws.recv(timeout=30)  # session.created
             ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
                 "transcription": {"language": "en"}}}}}))  # fmt: skip
-            reader_done = threading.Event()
             stopped: dict[str, int] = {}
-            turns = 0
+            done: set[str] = set()
+            cleared = threading.Event()
 
             def read() -> None:
-                nonlocal turns
-                while not reader_done.is_set() or len(stopped) > turns:
-                    try:
-                        event = json.loads(ws.recv(timeout=60))
-                    except TimeoutError:
-                        return
+                try:
+                    receive_all()
+                except Exception as exc:
+                    errors.append(repr(exc))
+
+            def receive_all() -> None:
+                # Until the server has read every append (its answer to the final clear comes after them all)
+                # and every turn it stopped has its completed event.
+                while not cleared.is_set() or len(done) < len(stopped):
+                    event = json.loads(ws.recv(timeout=120))
                     if event["type"] == "input_audio_buffer.speech_stopped":
                         stopped[event["item_id"]] = event["audio_end_ms"]
                     elif event["type"] == "conversation.item.input_audio_transcription.completed":
                         end_chunk = min(len(sent_at) - 1, stopped[event["item_id"]] // CHUNK_MS)
                         latencies.append(time.monotonic() - sent_at[end_chunk])
-                        turns += 1
+                        done.add(event["item_id"])
+                    elif event["type"] == "input_audio_buffer.cleared":
+                        cleared.set()
                     elif event["type"] == "error":
                         errors.append(event["error"]["message"])
 
@@ -78,13 +85,10 @@ def one_session(url: str, audio: bytes, latencies: list[float], errors: list[str
             for i in range(0, len(audio), step):
                 time.sleep(max(0.0, start + len(sent_at) * CHUNK_MS / 1000 - time.monotonic()))
                 sent_at.append(time.monotonic())
-                ws.send(
-                    json.dumps(
-                        {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[i : i + step]).decode()}
-                    )
-                )
-            reader_done.set()
-            reader.join(timeout=120)
+                chunk = base64.b64encode(audio[i : i + step]).decode()
+                ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+            ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            reader.join(timeout=300)
     except Exception as exc:  # one session failing is a result, not the benchmark's end
         errors.append(repr(exc))
 
@@ -141,10 +145,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--clips", type=int, default=2, help="clips per session")
-    parser.add_argument("--port", type=int, default=8190)
+    parser.add_argument("--port", type=int, default=0, help="default: a free one")
     parser.add_argument("--out")
     args = parser.parse_args()
-    logs = Path(args.out or ".").with_suffix("") if args.out else Path("live-latency")
+    logs = Path(tempfile.gettempdir()) / "live-latency"  # each server's log, for a run that went wrong
+    if not args.port:
+        from tests.conftest import free_port
+
+        args.port = free_port()
     rows = [
         row
         for model in args.models

@@ -156,6 +156,9 @@ def test_a_client_that_commits_itself_gets_its_buffer_transcribed(server: Runnin
     kinds = [e["type"] for e in events]
     assert "input_audio_buffer.speech_started" not in kinds  # no server VAD: the client's commit is the turn
     assert "ask not what your country can do for you" in events[-1]["transcript"]
+    metrics = httpx_get(server.url + "/metrics")
+    assert metric_value(metrics, "whisper_live_audio_seconds_total") >= 11
+    assert metric_value(metrics, "whisper_live_turn_latency_seconds_count") >= 1
 
 
 @pytest.mark.parametrize(

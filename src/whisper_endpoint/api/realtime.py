@@ -200,12 +200,14 @@ class LiveSession:
         if self.turn_start is not None:
             if self.received - self.turn_start >= MAX_TURN_MS * SAMPLE_RATE // 1000:
                 await self._commit(self.turn_start, self.received)
-            elif (
-                self.received - self.last_partial >= PARTIAL_EVERY_MS * SAMPLE_RATE // 1000 and not self.partial_queued
-            ):
+            elif self._partial_due():
                 self.last_partial, self.partial_queued = self.received, True
                 so_far = self.buffer[self.turn_start - self.buffer_start :].copy()
                 self.work.put_nowait(("partial", self.item_id, so_far, self.agreement, 0.0))
+
+    def _partial_due(self) -> bool:
+        """Another partial decode of the open turn: after PARTIAL_EVERY_MS of new audio, one at a time."""
+        return not self.partial_queued and self.received - self.last_partial >= PARTIAL_EVERY_MS * SAMPLE_RATE // 1000
 
     async def _commit(self, start: int, end: int) -> None:
         """The audio from `start` to `end` (session samples) becomes the current item, queued for its decode."""

@@ -71,7 +71,7 @@ class Metrics:
         )
         self.live_latency = Histogram(
             "whisper_live_turn_latency_seconds",
-            "From the end of a live turn's speech (as received) to its completed transcript",
+            "From a live turn's commit (its speech's end plus the silence that ends it) to its completed transcript",
             registry=r,
             buckets=LATENCY_BUCKETS,
         )
