@@ -285,3 +285,19 @@ def test_audio_sent_at_real_time_gets_the_same_text(server: RunningServer) -> No
     assert normalize(events[-1]["transcript"]) == normalize(file_text)
     deltas = [e["delta"] for e in events if e["type"].endswith(".delta")]
     assert len(deltas) >= 3  # partial text while the turn was open, not only at its end
+
+
+def test_a_buffer_never_committed_is_committed_at_two_minutes(server: RunningServer) -> None:
+    """Without server VAD a client that never commits would have the server hold its audio for good."""
+    second = base64.b64encode(pcm16(silence(1.0), 16_000)).decode()
+    with connect(ws_url(server.url)) as ws:
+        ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}}))  # fmt: skip
+        for _ in range(125):
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": second}))
+        ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+        events = events_until(ws, "input_audio_buffer.cleared")
+        events += events_until(ws, "conversation.item.input_audio_transcription.completed")
+    committed = [e for e in events if e["type"] == "input_audio_buffer.committed"]
+    assert len(committed) == 1  # at 120 s; the last 5 s were cleared
+    assert events[-1]["usage"]["seconds"] == 120.0 and events[-1]["transcript"] == ""

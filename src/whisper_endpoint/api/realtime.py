@@ -50,6 +50,7 @@ DRAIN_POLL_S = 0.1
 GOING_AWAY = 1001  # WebSocket close code: the server is going down
 PARTIAL_EVERY_MS = 1_000  # an open turn is decoded again after this much new audio
 TAIL_MS = 300  # silence kept after a turn's last speech, as a file's chunks keep it
+IDLE_KEEP_MS = 5_000  # audio kept between turns: more than any prefix padding (OpenAI's allows up to 5 s)
 CLIENT_EVENTS = (
     "session.update",
     "transcription_session.update",
@@ -182,7 +183,9 @@ class LiveSession:
         self.metrics.live_audio_seconds.inc(len(data) / 2 / self.pcm.rate)
         self.buffer = np.concatenate([self.buffer, samples])
         self.received += len(samples)
-        if self.detector is None:
+        if self.detector is None:  # the client commits: at most MAX_TURN_MS held, then committed as it stands
+            if self.received - self.buffer_start >= MAX_TURN_MS * SAMPLE_RATE // 1000:
+                await self._commit(self.buffer_start, self.received)
             return
         for turn in self.detector.feed(samples):
             at = turn.at_ms * SAMPLE_RATE // 1000
@@ -197,7 +200,11 @@ class LiveSession:
                     {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": turn.at_ms, "item_id": self.item_id}
                 )
                 await self._commit(self.turn_start, min(self.received, at + TAIL_MS * SAMPLE_RATE // 1000))
-        if self.turn_start is not None:
+        if self.turn_start is None:  # between turns only the padding a next turn may start with is kept
+            drop = len(self.buffer) - IDLE_KEEP_MS * SAMPLE_RATE // 1000
+            if drop > 0:
+                self.buffer, self.buffer_start = self.buffer[drop:], self.buffer_start + drop
+        else:
             if self.received - self.turn_start >= MAX_TURN_MS * SAMPLE_RATE // 1000:
                 await self._commit(self.turn_start, self.received)
             elif self._partial_due():

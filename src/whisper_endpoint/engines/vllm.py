@@ -2,8 +2,9 @@
 
 Each window's log-mel is computed from its samples in the calling thread and handed to vLLM as its processed
 input (`vllm_inputs`); decoder prompts are built by our tokenizer (`<|startofprev|>`, the SOT sequence,
-timestamps on), and generated timestamp tokens come back raw. Windows go to vLLM through one driver thread
-(`vllm_driver`): continuous batching across requests.
+timestamps on), and generated timestamp tokens come back raw, sampled under Whisper's decoding rules (a logits
+processor, `vllm_rules`). Windows go to vLLM through one driver thread (`vllm_driver`): continuous batching across
+requests. What vLLM loads of ours (model class, attention backend, rules, scheduler) is named in `vllm_plugin`.
 """
 
 from __future__ import annotations
