@@ -187,6 +187,8 @@ def test_bad_events_get_an_error_event_and_the_session_goes_on(
             assert error["error"]["code"] == code
         ws.send("{not json")
         assert json.loads(ws.recv(timeout=10))["error"]["code"] == "invalid_json"
+        ws.send(b"\x00\x01 raw audio bytes, not an event")
+        assert json.loads(ws.recv(timeout=10))["error"]["code"] == "invalid_event"
         ws.send(json.dumps({"type": "input_audio_buffer.clear"}))  # still serving
         assert json.loads(ws.recv(timeout=10))["type"] == "input_audio_buffer.cleared"
 

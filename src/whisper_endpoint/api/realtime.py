@@ -100,12 +100,12 @@ class LiveSession:
                 if decoder in done:  # it only ends by failing: the session's decodes were stopped
                     decoder.result()
                 if drain in done:
-                    await self._finish()
+                    await self._finish(decoder)
                     return
                 message, receive = receive.result(), None
                 if message["type"] == "websocket.disconnect":
                     return
-                await self._handle(message.get("text"), message.get("bytes"))
+                await self._handle(message.get("text"))  # binary messages: not an event, an error event
         finally:
             for task in (receive, drain, decoder):
                 if task is not None:
@@ -115,16 +115,18 @@ class LiveSession:
         while not self.service.draining:
             await asyncio.sleep(DRAIN_POLL_S)
 
-    async def _finish(self) -> None:
+    async def _finish(self, decoder: asyncio.Task[None]) -> None:
         """The server is draining: the open turn is committed, every committed turn transcribed, then the
         session ends (an error event says why, and the socket closes as "going away")."""
         if self.turn_start is not None and (self.received - self.turn_start) * 1000 >= MIN_COMMIT_MS * SAMPLE_RATE:
             await self._commit(self.turn_start, self.received)
-        await self.work.join()
+        transcribed = asyncio.create_task(self.work.join())
+        await asyncio.wait({transcribed, decoder}, return_when=asyncio.FIRST_COMPLETED)  # or the decodes stopped
+        transcribed.cancel()
         await self.send(error_event(ShuttingDownError("the server is shutting down; this session has ended")))
         await self.ws.close(GOING_AWAY)
 
-    async def _handle(self, text: str | None, data: bytes | None) -> None:
+    async def _handle(self, text: str | None) -> None:
         client_event_id = None
         try:
             if text is None:
