@@ -62,7 +62,7 @@ def driver_reports(log_text: str) -> list[str]:
 
 
 def start_step_paths(log_text: str) -> list[str]:
-    """How steps that start windows ran with WHISPER_VLLM_COMPILED_START_STEPS (logged once per way, in vLLM's
+    """How steps that start windows ran (engines/vllm_decoder.py logs it once per way, in vLLM's
     engine core): "compiled", or eagerly with the reason."""
     return _after(START_STEP_REPORT, log_text, having=START_STEP_REPORT)
 
