@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from whisper_endpoint.bench import wait_ready
+from whisper_endpoint.bench import stop_server, wait_ready
 
 PORT = 8100
 SETS = ("B_librispeech/test-clean", "B2_hifitts_en")
@@ -74,11 +74,7 @@ def measure(system: str, model: Path, levels: list[int], out: Path) -> list[dict
                 rows.append(row)
                 _log(f"{system} {folder} c{level}: WER {row['wer_pct']} %, errors {row['errors']}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, 120)
     return rows
 
 

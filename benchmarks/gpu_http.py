@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.gpu_check import PORT, add_checkpoint_arguments, large_v3_shape
 from benchmarks.gpu_probe import py_spy_dumps
-from whisper_endpoint.bench import wait_ready
+from whisper_endpoint.bench import stop_server, wait_ready
 
 TOKENS_PER_30S = 100
 PY_SPY_AFTER_S = 20.0  # into a load, once the engine is full
@@ -185,11 +185,7 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 _log(json.dumps(row))
                 (Path(args.out) / "partial.json").write_text(json.dumps(rows, indent=2))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, 60)
     return rows
 
 

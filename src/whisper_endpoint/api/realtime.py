@@ -277,26 +277,26 @@ def _key_in_subprotocols(offered: list[str], api_key: str) -> bool:
     return any(hmac.compare_digest(key.encode(), api_key.encode()) for key in keys)
 
 
+def _admit(websocket: WebSocket, offered: list[str]) -> tuple[TranscriptionService, Job]:
+    """The session's admission, or the error that refuses it: the API key (a header, or a browser's
+    subprotocol), a server ready and not draining, room among the requests in flight."""
+    state = websocket.app.state
+    api_key = state.settings.api_key
+    if api_key and not (authorized(websocket.headers, api_key) or _key_in_subprotocols(offered, api_key)):
+        raise AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
+    service: TranscriptionService | None = getattr(state, "service", None)
+    if service is None or not state.ready or state.draining:
+        raise ShuttingDownError("the server is not ready or is shutting down")
+    return service, service.admit_live()
+
+
 async def realtime_endpoint(websocket: WebSocket) -> None:
     """The WebSocket route: key and admission checked before the upgrade (refused with an HTTP error in
     OpenAI's envelope), then one `LiveSession` until either side closes."""
-    state = websocket.app.state
-    service: TranscriptionService | None = getattr(state, "service", None)
-    refusal: WhisperEndpointError | None = None
-    api_key = state.settings.api_key
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-    if api_key and not (authorized(websocket.headers, api_key) or _key_in_subprotocols(offered, api_key)):
-        refusal = AuthenticationError("missing or invalid API key; send 'Authorization: Bearer KEY'")
-    elif service is None or not state.ready or state.draining:
-        refusal = ShuttingDownError("the server is not ready or is shutting down")
-    job = None
-    if refusal is None and service is not None:
-        try:
-            job = service.admit_live()
-        except WhisperEndpointError as exc:
-            refusal = exc
-    if refusal is not None or service is None or job is None:
-        assert refusal is not None
+    try:
+        service, job = _admit(websocket, offered)
+    except WhisperEndpointError as refusal:
         await websocket.send_denial_response(error_response(refusal))
         return
     await websocket.accept(subprotocol=BROWSER_SUBPROTOCOL if BROWSER_SUBPROTOCOL in offered else None)

@@ -96,6 +96,15 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, path: 
     raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s")
 
 
+def stop_server(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM (the server drains), then SIGKILL if it has not exited within `timeout_s`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def peak_rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -19,7 +19,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from whisper_endpoint.decoding.rules import ARGS_KEY, NO_LIMIT, RuleTokens, WindowState, rules_from_args
+from whisper_endpoint.decoding.rules import ARGS_KEY, RuleTokens, WindowState, rules_from_args
 
 NAME = f"{__name__}:WhisperRules"
 _FIELDS = 7  # row, first and last timestamp, lowest, eot, blank, timestamps
@@ -62,8 +62,17 @@ class WhisperRules(LogitsProcessor):  # type: ignore[misc]  # vLLM is untyped he
         for row in rows:
             state, sampled = self.windows[row]
             limits = state.limits(sampled)
-            first, last = min(limits.first_timestamp, NO_LIMIT), min(limits.last_timestamp, NO_LIMIT)
-            table.append((row, first, last, limits.lowest, limits.eot, limits.blank, state.rules.timestamps))
+            table.append(
+                (
+                    row,
+                    limits.first_timestamp,
+                    limits.last_timestamp,
+                    limits.lowest,
+                    limits.eot,
+                    limits.blank,
+                    state.rules.timestamps,
+                )
+            )
         values = torch.tensor(table, dtype=torch.int64, pin_memory=self.pin_memory).to(self.device, non_blocking=True)
         tokens = self.windows[rows[0]][0].tokens  # one model: every window names the same tokens
         whole = len(rows) == logits.shape[0]  # the usual case under load: every row, in order

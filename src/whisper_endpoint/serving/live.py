@@ -126,16 +126,19 @@ class LocalAgreement:
         while agreed < min(len(current), len(self.previous)) and _same(current[agreed], self.previous[agreed]):
             agreed += 1
         self.previous = current
-        if agreed <= len(self.sent) or any(not _same(a, b) for a, b in zip(self.sent, current, strict=False)):
+        if agreed <= len(self.sent) or not self._keeps_sent(current):
             return ""
         return self._send(current[len(self.sent) : agreed])
 
     def final(self, text: str) -> str:
         """The last delta of the turn: what the final text adds to what was sent, where it starts with it."""
         current = words_of(text)
-        if len(current) < len(self.sent) or any(not _same(a, b) for a, b in zip(self.sent, current, strict=False)):
+        if len(current) < len(self.sent) or not self._keeps_sent(current):
             return ""  # the final text changed a sent word: the completed event carries it
         return self._send(current[len(self.sent) :])
+
+    def _keeps_sent(self, current: list[str]) -> bool:
+        return all(_same(a, b) for a, b in zip(self.sent, current, strict=False))
 
     def _send(self, new: list[str]) -> str:
         # Words one space apart: the deltas of a turn joined are its words joined by single spaces.

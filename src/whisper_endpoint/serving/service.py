@@ -121,9 +121,7 @@ class TranscriptionService:
             )
         job.audio_ms = round((duration or 0.0) * 1000)
         with self._lock:
-            if self.inflight >= self.settings.max_inflight_requests:
-                self.metrics.rejected.labels("requests").inc()
-                raise OverloadedError("too many requests in flight; retry later", retry_after_s=self.retry_after_s())
+            self._refuse_when_full()
             if self.inflight and self.queued_audio_ms + job.audio_ms > self._queue_limit_ms:
                 raise self._audio_queue_full()
             self.inflight += 1
@@ -138,9 +136,7 @@ class TranscriptionService:
         with self._lock:
             if self.draining:
                 raise ShuttingDownError("the server is shutting down")
-            if self.inflight >= self.settings.max_inflight_requests:
-                self.metrics.rejected.labels("requests").inc()
-                raise OverloadedError("too many requests in flight; retry later", retry_after_s=self.retry_after_s())
+            self._refuse_when_full()
             self.inflight += 1
             self._jobs.add(job)
         self._publish()
@@ -152,6 +148,12 @@ class TranscriptionService:
         engine = ScheduledEngine(self.scheduler, job.key, job.cancelled.is_set, self.front_end_slots)
         with self.front_end_slots:  # VAD and log-mel are front-end work; the engine wait lets the slot go
             return list(iter_segments(job.source, engine, options, RunInfo(), None, samples_chunks(samples)))
+
+    def _refuse_when_full(self) -> None:
+        """429 when `max_inflight_requests` are admitted already (the caller holds the lock)."""
+        if self.inflight >= self.settings.max_inflight_requests:
+            self.metrics.rejected.labels("requests").inc()
+            raise OverloadedError("too many requests in flight; retry later", retry_after_s=self.retry_after_s())
 
     def _charge(self, job: Job) -> None:
         """Called by the worker as audio decodes: stop a request whose client left or that the server
