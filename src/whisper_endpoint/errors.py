@@ -147,3 +147,9 @@ class EngineFailedError(WhisperEndpointError):
     status = 503
     code = "engine_failed"
     retry_after_s = 5.0
+
+
+class DiarizationUnavailableError(UnsupportedFeatureError):
+    """Speakers were asked for, but the voice encoder's weights are not installed."""
+
+    code = "diarization_unavailable"

@@ -50,7 +50,7 @@ def mel_filters(n_mels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _hann() -> np.ndarray:
+def hann_window() -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic
 
 
@@ -65,7 +65,7 @@ def log_mel_window(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
     frames = np.lib.stride_tricks.as_strided(
         padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
     )
-    spectrum = np.fft.rfft(frames * _hann(), axis=-1)
+    spectrum = np.fft.rfft(frames * hann_window(), axis=-1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)[:-1]  # drop the last frame, as Whisper
     mel = mel_filters(n_mels) @ power.T
     log_spec = np.log10(np.maximum(mel, POWER_FLOOR))
