@@ -10,6 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e .
+	# Diarization's voice encoder weights; the package's own dependencies (torch, librosa) are not needed.
+	$(PIP) install --quiet --no-deps resemblyzer==0.1.4
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

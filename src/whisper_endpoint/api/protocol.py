@@ -13,7 +13,7 @@ from whisper_endpoint.decoding.options import DEFAULT_TEMPERATURES, DecodeOption
 from whisper_endpoint.errors import InvalidRequestError
 from whisper_endpoint.formats.render import RESPONSE_FORMATS
 
-ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 Granularity = Literal["segment", "word"]
 
 
@@ -24,6 +24,7 @@ class AudioRequest:
     granularities: frozenset[str]
     include_logprobs: bool
     stream: bool
+    diarize: bool  # speakers asked for: diarized_json, known speakers, or our `diarize` field
 
 
 def _temperatures(value: float | None) -> tuple[float, ...]:
@@ -77,12 +78,14 @@ def parse_audio_request(
     chunking_strategy: str | None = None,
     languages: list[str] | None = None,
     keywords: list[str] | None = None,
+    diarize: bool | None = None,
+    known_speakers: bool = False,
 ) -> AudioRequest:
     fmt = response_format or "json"
-    if fmt not in RESPONSE_FORMATS:
-        raise InvalidRequestError(
-            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", param="response_format"
-        )
+    formats = RESPONSE_FORMATS if task == "transcribe" else RESPONSE_FORMATS[:-1]  # no speakers in translations
+    if fmt not in formats:
+        raise InvalidRequestError(f"response_format must be one of {', '.join(formats)}", param="response_format")
+    speakers = fmt == "diarized_json" or known_speakers or bool(diarize)
     code = _language(language, "language") if language else None
     candidates = tuple(_language(code, "languages[]") for code in languages or [])
     grains = frozenset(granularities or ["segment"])
@@ -107,9 +110,9 @@ def parse_audio_request(
         languages=candidates,
         prompt=with_keywords(prompt, keywords),
         temperatures=_temperatures(temperature),
-        word_timestamps="word" in grains,
+        word_timestamps="word" in grains or speakers,  # words go to speakers by their timestamps
         token_logprobs="logprobs" in includes,
         strategy=_chunking(form, chunking_strategy, default_strategy),
         report_no_speech_prob=fmt == "verbose_json",
     )
-    return AudioRequest(options, fmt, grains, "logprobs" in includes, bool(stream))  # type: ignore[arg-type]
+    return AudioRequest(options, fmt, grains, "logprobs" in includes, bool(stream), speakers)  # type: ignore[arg-type]

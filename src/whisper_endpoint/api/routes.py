@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,9 +19,12 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from whisper_endpoint.api.known_speakers import parse_known_speakers
 from whisper_endpoint.api.protocol import AudioRequest, parse_audio_request
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.options import Task
+from whisper_endpoint.diarization.attribution import segment_speakers, speaker_segments
+from whisper_endpoint.diarization.pipeline import KnownSpeaker
 from whisper_endpoint.errors import (
     CancelledRequestError,
     InvalidRequestError,
@@ -28,15 +32,16 @@ from whisper_endpoint.errors import (
     WhisperEndpointError,
 )
 from whisper_endpoint.formats import render
-from whisper_endpoint.formats.transcript import Segment, Transcript
+from whisper_endpoint.formats.transcript import Segment, SpeakerSegment, Transcript
 from whisper_endpoint.serving.service import Job, TranscriptionService
 
 log = logging.getLogger("whisper_endpoint.access")
 
 RAW_PCM_TYPES = {"audio/l16", "audio/pcm", "audio/x-raw", "audio/s16le"}
-# Text fields are held in memory while the form is parsed: bounded in number and size, so the upload
-# limit bounds memory too (a body of junk fields under 1 MB each was otherwise held whole).
-FORM_LIMITS = {"max_files": 1, "max_fields": 64, "max_part_size": 64 * 1024}
+# Text fields are held in memory while the form is parsed: bounded in number and size (a body of junk fields
+# under 1 MB each was otherwise held whole). 3 MiB: a known speaker's reference, 10 s of 44.1 kHz stereo WAV as
+# a base64 data URL, is 2.4 MB.
+FORM_LIMITS = {"max_files": 1, "max_fields": 64, "max_part_size": 3 * 1024 * 1024}
 TRANSLATION_FIELDS = frozenset({"file", "model", "prompt", "response_format", "temperature"})
 TRANSCRIPTION_FIELDS = TRANSLATION_FIELDS | {
     "language",
@@ -46,6 +51,9 @@ TRANSCRIPTION_FIELDS = TRANSLATION_FIELDS | {
     "include[]",
     "stream",
     "chunking_strategy",
+    "known_speaker_names[]",
+    "known_speaker_references[]",
+    "diarize",
 }
 
 TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -105,17 +113,29 @@ async def _spool(upload: UploadFile, spool_dir: Path) -> Path:
     return Path(name)
 
 
-def _render(transcript: Transcript, req: AudioRequest) -> Response:
+def _speaker_segments(transcript: Transcript, job: Job) -> list[SpeakerSegment] | None:
+    if job.diarization is None:
+        return None
+    return speaker_segments(transcript, list(job.diarization.turns))
+
+
+def _render(transcript: Transcript, req: AudioRequest, job: Job) -> Response:
     fmt = req.response_format
+    pieces = _speaker_segments(transcript, job)
     if fmt == "text":
         return PlainTextResponse(render.render_text(transcript))
     if fmt == "srt":
-        return PlainTextResponse(render.render_srt(transcript))
+        return PlainTextResponse(render.render_srt(transcript, pieces))
     if fmt == "vtt":
-        return PlainTextResponse(render.render_vtt(transcript))
+        return PlainTextResponse(render.render_vtt(transcript, pieces))
+    if fmt == "diarized_json":
+        return JSONResponse(render.render_diarized_json(transcript, pieces or []))
     if fmt == "verbose_json":
         body = render.render_verbose_json(
-            transcript, segments="segment" in req.granularities, words="word" in req.granularities
+            transcript,
+            segments="segment" in req.granularities,
+            words="word" in req.granularities,
+            speakers=None if job.diarization is None else segment_speakers(transcript, list(job.diarization.turns)),
         )
         return JSONResponse(body)
     return JSONResponse(render.render_json(transcript, include_logprobs=req.include_logprobs))
@@ -188,17 +208,20 @@ async def _stream(service: TranscriptionService, job: Job, req: AudioRequest) ->
                     {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in segment.logprobs
                 ]
             yield _sse(delta)
-            yield _sse(
-                {
-                    "type": "transcript.text.segment",
-                    "id": str(segment.id),
-                    "start": segment.start_ms / 1000,
-                    "end": segment.end_ms / 1000,
-                    "text": segment.text.strip(),
-                    "speaker": render.STREAM_SPEAKER,
-                }
-            )
+            if not req.diarize:  # with speakers, the segment events come once the speakers are known
+                yield _sse(
+                    {
+                        "type": "transcript.text.segment",
+                        "id": str(segment.id),
+                        "start": segment.start_ms / 1000,
+                        "end": segment.end_ms / 1000,
+                        "text": segment.text.strip(),
+                        "speaker": render.STREAM_SPEAKER,
+                    }
+                )
         transcript = Transcript(job.options.task, job.info.language or "en", job.info.duration_ms, tuple(segments))
+        for index, stretch in enumerate(_speaker_segments(transcript, job) or []):
+            yield _sse(render.speaker_segment_json(index, stretch))
         done: dict[str, Any] = {"type": "transcript.text.done", "text": text}
         if job.options.task == "transcribe":
             done["languages"] = render.languages(transcript)
@@ -224,10 +247,23 @@ async def _handle(request: Request, task: Task, file: UploadFile, model: str | N
     _check_fields(set(form.keys()), task)
     _check_model(request, model)
     service = _service(request)
-    req = parse_audio_request(form, task=task, default_strategy=service.settings.strategy, **fields)
+    names = fields.pop("known_speaker_names", None) or []
+    references = fields.pop("known_speaker_references", None) or []
+    req = parse_audio_request(
+        form, task=task, default_strategy=service.settings.strategy, known_speakers=bool(names or references), **fields
+    )
+    options = req.options
+    known: tuple[KnownSpeaker, ...] | None = None
+    if req.diarize:
+        await asyncio.to_thread(service.diarizer)  # refuses the request now when the weights are missing
+        known = await asyncio.to_thread(parse_known_speakers, names, references, request.app.state.spool_dir)
+        if not service.engine.capabilities.word_timestamps and "word" not in req.granularities:
+            options = dataclasses.replace(options, word_timestamps=False)  # speakers by segment, not by word
     path = await _spool(file, request.app.state.spool_dir)
     raw = (file.content_type or "").split(";")[0].strip().lower() in RAW_PCM_TYPES or path.suffix == ".raw"
-    job = Job(AudioSource(path, raw_pcm=raw), req.options, request_id=request.state.request_id, spool=path)
+    job = Job(
+        AudioSource(path, raw_pcm=raw), options, request_id=request.state.request_id, spool=path, known_speakers=known
+    )
     try:
         await asyncio.to_thread(service.admit, job)  # probing the container is file I/O
     except BaseException:
@@ -241,7 +277,7 @@ async def _handle(request: Request, task: Task, file: UploadFile, model: str | N
     finally:
         service.end(job)
     transcript = Transcript(task, job.info.language or "en", job.info.duration_ms, tuple(segments))
-    return _render(transcript, req)
+    return _render(transcript, req, job)
 
 
 FileField = Annotated[
@@ -255,7 +291,10 @@ ModelField = Annotated[str | None, Form(description="Model id; the served model 
 PromptField = Annotated[str | None, Form(description="Text to guide the style or continue a previous segment.")]
 FormatField = Annotated[
     str | None,
-    Form(description="Output format.", json_schema_extra={"enum": ["json", "text", "srt", "verbose_json", "vtt"]}),
+    Form(
+        description="Output format; `diarized_json` (transcriptions): segments with speaker labels.",
+        json_schema_extra={"enum": list(render.RESPONSE_FORMATS)},
+    ),
 ]
 TemperatureField = Annotated[
     float | None, Form(ge=0, le=1, description="0 (default): raise the temperature by Whisper's fallback thresholds.")
@@ -306,6 +345,27 @@ def build_router() -> APIRouter:
                 description="Words or phrases to favour: given to Whisper after the prompt, as a comma-separated list.",
             ),
         ] = None,
+        known_speaker_names: Annotated[
+            list[str] | None,
+            Form(
+                alias="known_speaker_names[]",
+                description="Up to 4 speaker names, each with a reference in `known_speaker_references[]`.",
+            ),
+        ] = None,
+        known_speaker_references: Annotated[
+            list[str] | None,
+            Form(
+                alias="known_speaker_references[]",
+                description="2-10 s of each named speaker, as data URLs (`data:audio/wav;base64,...`).",
+            ),
+        ] = None,
+        diarize: Annotated[
+            bool | None,
+            Form(
+                description="Speaker labels in `verbose_json` segments, srt/vtt cues and streamed segment events "
+                "(implied by `diarized_json` and known speakers)."
+            ),
+        ] = None,
     ) -> Response:
         return await _handle(
             request,
@@ -322,6 +382,9 @@ def build_router() -> APIRouter:
             chunking_strategy=chunking_strategy,
             languages=languages,
             keywords=keywords,
+            known_speaker_names=known_speaker_names,
+            known_speaker_references=known_speaker_references,
+            diarize=diarize,
         )
 
     @router.post(

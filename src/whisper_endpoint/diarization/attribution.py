@@ -5,23 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from whisper_endpoint.formats.transcript import Segment, Transcript, Word
+from whisper_endpoint.formats.transcript import Segment, SpeakerSegment, Transcript, Word
 
 
 @dataclass(frozen=True)
 class NamedTurn:
     start_ms: int
     end_ms: int
-    speaker: str
-
-
-@dataclass(frozen=True)
-class SpeakerSegment:
-    """A stretch of one speaker's words, within one of Whisper's segments."""
-
-    start_ms: int
-    end_ms: int
-    text: str
     speaker: str
 
 

@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 from whisper_endpoint.decoding.languages import LANGUAGES
-from whisper_endpoint.formats.transcript import Segment, Transcript, Word
+from whisper_endpoint.formats.transcript import Segment, SpeakerSegment, Transcript, Word
 
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")  # the last: transcriptions
 
 
 def format_timestamp(ms: int, decimal: str = ",", always_hours: bool = True) -> str:
@@ -59,20 +59,30 @@ def render_text(transcript: Transcript) -> str:
     return transcript.text + "\n"
 
 
-def render_srt(transcript: Transcript) -> str:
+def _cues(transcript: Transcript, speakers: list[SpeakerSegment] | None) -> list[tuple[int, int, str, str | None]]:
+    if speakers is None:
+        return [(s.start_ms, s.end_ms, s.text, None) for s in transcript.segments]
+    return [(s.start_ms, s.end_ms, s.text, s.speaker) for s in speakers]
+
+
+def render_srt(transcript: Transcript, speakers: list[SpeakerSegment] | None = None) -> str:
+    """SubRip cues; with speakers, one cue per speaker's stretch, its text after `NAME: `."""
     blocks = []
-    for index, segment in enumerate(transcript.segments, start=1):
-        start, end = format_timestamp(segment.start_ms), format_timestamp(segment.end_ms)
-        blocks.append(f"{index}\n{start} --> {end}\n{_cue(segment.text)}\n")
+    for index, (start_ms, end_ms, text, speaker) in enumerate(_cues(transcript, speakers), start=1):
+        start, end = format_timestamp(start_ms), format_timestamp(end_ms)
+        prefix = f"{_cue(speaker)}: " if speaker else ""
+        blocks.append(f"{index}\n{start} --> {end}\n{prefix}{_cue(text)}\n")
     return "\n".join(blocks) + ("\n" if blocks else "")
 
 
-def render_vtt(transcript: Transcript) -> str:
+def render_vtt(transcript: Transcript, speakers: list[SpeakerSegment] | None = None) -> str:
+    """WebVTT cues; with speakers, each cue's text in a voice span (`<v NAME>`), as WebVTT marks speakers."""
     blocks = ["WEBVTT\n"]
-    for segment in transcript.segments:
-        start = format_timestamp(segment.start_ms, ".")
-        end = format_timestamp(segment.end_ms, ".")
-        blocks.append(f"{start} --> {end}\n{_vtt_escape(_cue(segment.text))}\n")
+    for start_ms, end_ms, text, speaker in _cues(transcript, speakers):
+        start = format_timestamp(start_ms, ".")
+        end = format_timestamp(end_ms, ".")
+        voice = f"<v {_vtt_escape(_cue(speaker))}>" if speaker else ""
+        blocks.append(f"{start} --> {end}\n{voice}{_vtt_escape(_cue(text))}\n")
     return "\n".join(blocks) + "\n"
 
 
@@ -113,8 +123,11 @@ def word_json(word: Word) -> dict[str, Any]:
     return {"word": word.word.strip(), "start": _seconds(word.start_ms), "end": _seconds(word.end_ms)}
 
 
-def render_verbose_json(transcript: Transcript, segments: bool = True, words: bool = False) -> dict[str, Any]:
-    """OpenAI's shape: `words` only when asked; `["word"]` alone leaves out `segments`."""
+def render_verbose_json(
+    transcript: Transcript, segments: bool = True, words: bool = False, speakers: list[str] | None = None
+) -> dict[str, Any]:
+    """OpenAI's shape: `words` only when asked; `["word"]` alone leaves out `segments`. `speakers`: one per
+    segment, added to each as `speaker` (diarization asked for)."""
     body: dict[str, Any] = {
         "task": transcript.task,
         # A translation's text is English, and the spec says its language is.
@@ -128,7 +141,32 @@ def render_verbose_json(transcript: Transcript, segments: bool = True, words: bo
         body["words"] = [word_json(w) for w in transcript.words]
     if segments:
         body["segments"] = [segment_json(s) for s in transcript.segments]
+        for segment, speaker in zip(body["segments"], speakers or [], strict=False):
+            segment["speaker"] = speaker
     if transcript.task == "transcribe":
         body["languages"] = languages(transcript)
     body["usage"] = usage(transcript)
     return body
+
+
+def speaker_segment_json(index: int, segment: SpeakerSegment) -> dict[str, Any]:
+    """OpenAI's `transcript.text.segment`: a diarized_json segment, and the stream's event of the same shape."""
+    return {
+        "type": "transcript.text.segment",
+        "id": f"seg_{index}",
+        "start": _seconds(segment.start_ms),
+        "end": _seconds(segment.end_ms),
+        "text": segment.text,
+        "speaker": segment.speaker,
+    }
+
+
+def render_diarized_json(transcript: Transcript, speakers: list[SpeakerSegment]) -> dict[str, Any]:
+    """OpenAI's TranscriptionDiarized: the text, and the segments with speaker labels."""
+    return {
+        "task": "transcribe",
+        "duration": _seconds(transcript.duration_ms),
+        "text": transcript.text,
+        "segments": [speaker_segment_json(i, s) for i, s in enumerate(speakers)],
+        "usage": usage(transcript),
+    }

@@ -51,3 +51,13 @@ class Transcript:
     @property
     def words(self) -> tuple[Word, ...]:
         return tuple(w for s in self.segments for w in s.words)
+
+
+@dataclass(frozen=True)
+class SpeakerSegment:
+    """A stretch of one speaker's words within one of Whisper's segments (diarized output)."""
+
+    start_ms: int
+    end_ms: int
+    text: str
+    speaker: str

@@ -75,6 +75,12 @@ class Metrics:
             registry=r,
             buckets=LATENCY_BUCKETS,
         )
+        self.diarization_seconds = Histogram(
+            "whisper_diarization_seconds",
+            "Wall time of a request's diarization (after its transcription)",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
         self.fallbacks = Counter(
             "whisper_temperature_fallbacks", "Windows decoded again at a higher temperature", registry=r
         )

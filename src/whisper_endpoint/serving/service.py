@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.audio.decode import AudioSource, probe_duration_s
+from whisper_endpoint.audio.decode import AudioSource, iter_audio, probe_duration_s
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import (
@@ -32,6 +32,8 @@ from whisper_endpoint.decoding.transcribe import (
     local_speech_chunks,
     samples_chunks,
 )
+from whisper_endpoint.diarization.encoder import VoiceEncoder
+from whisper_endpoint.diarization.pipeline import Diarization, Diarizer, KnownSpeaker
 from whisper_endpoint.engines.base import Engine
 from whisper_endpoint.errors import (
     AudioTooLongError,
@@ -71,6 +73,9 @@ class Job:
     worker: Future[None] | None = None
     released: bool = False
     wake: Callable[[object], None] | None = None  # puts an item in front of the request's segment queue
+    # Speakers asked for: the known ones (maybe none); the result is set before the last segment is handed on.
+    known_speakers: tuple[KnownSpeaker, ...] | None = None
+    diarization: Diarization | None = None
 
 
 class TranscriptionService:
@@ -96,6 +101,7 @@ class TranscriptionService:
         self.queued_audio_ms = 0
         self._queue_limit_ms = round(settings.max_queued_audio_s * 1000)
         self.throughput = 0.0  # audio seconds per wall second, moving average
+        self._diarizer: Diarizer | None = None
 
     def close(self) -> None:
         if self.front_end:
@@ -195,6 +201,8 @@ class TranscriptionService:
                         put(segment)
                         if job.cancelled.is_set():
                             break
+                    if job.known_speakers is not None and not job.cancelled.is_set():
+                        job.diarization = self._diarize(source, job)
                 put(_DONE)
             except BaseException as exc:
                 put(exc)
@@ -279,6 +287,25 @@ class TranscriptionService:
     def _publish(self) -> None:
         self.metrics.inflight.set(self.inflight)
         self.metrics.queued_audio.set(self.queued_audio_ms / 1000)
+
+    def diarizer(self) -> Diarizer:
+        """The voice encoder, loaded on first use; DiarizationUnavailableError when its weights are missing."""
+        with self._lock:
+            if self._diarizer is None:
+                self._diarizer = Diarizer(VoiceEncoder.load())
+            return self._diarizer
+
+    def _diarize(self, source: AudioSource, job: Job) -> Diarization:
+        def blocks() -> Iterator[np.ndarray]:
+            for block in iter_audio(source):
+                if job.cancelled.is_set():
+                    raise job.abort or CancelledRequestError("request cancelled")
+                yield block
+
+        started = time.monotonic()
+        result = self.diarizer().diarize(blocks(), job.known_speakers or ())
+        self.metrics.diarization_seconds.observe(time.monotonic() - started)
+        return result
 
     def _chunker(self, job: Job) -> ChunkSource:
         if self.front_end and 0 < job.audio_ms <= MAX_POOLED_AUDIO_S * 1000:
