@@ -116,3 +116,33 @@ def test_transcribe_takes_candidate_languages_and_keywords() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["language"] in ("german", "french")  # English audio, English not allowed
+
+
+@pytest.mark.slow
+def test_transcribe_with_speakers(tmp_path: Path) -> None:
+    """Two readers: diarized_json labels them A and B; named by --known-speaker, srt cues carry the names."""
+    from tests.conversations import build_conversations
+
+    conversation = build_conversations(tmp_path, seed=41)[0]
+    result = run("transcribe", str(conversation.path), "--format", "diarized_json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert {s["speaker"] for s in body["segments"]} == {"A", "B"} and body["task"] == "transcribe"
+    first, second = sorted(conversation.references)
+    named = run(
+        "transcribe",
+        str(conversation.path),
+        "--format",
+        "srt",
+        "--quiet",
+        "--known-speaker",
+        f"first={conversation.references[first]}",
+        "--known-speaker",
+        f"second={conversation.references[second]}",
+    )
+    assert named.returncode == 0, named.stderr
+    opener = conversation.turns[0].speaker
+    assert named.stdout.split("\n")[2].startswith("first: " if opener == first else "second: ")
+    assert "\nfirst: " in named.stdout and "\nsecond: " in named.stdout
+    bad = run("transcribe", str(conversation.path), "--known-speaker", "nobody")
+    assert bad.returncode == 2 and "NAME=FILE" in bad.stderr

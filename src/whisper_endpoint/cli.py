@@ -16,18 +16,60 @@ from whisper_endpoint import __version__
 from whisper_endpoint.decoding.languages import normalize_language
 from whisper_endpoint.errors import EngineUnavailableError, WhisperEndpointError
 
-FORMAT_SUFFIX = {"txt": "txt", "text": "txt", "json": "json", "verbose_json": "json", "srt": "srt", "vtt": "vtt"}
+FORMAT_SUFFIX = {
+    "txt": "txt",
+    "text": "txt",
+    "json": "json",
+    "verbose_json": "json",
+    "diarized_json": "json",
+    "srt": "srt",
+    "vtt": "vtt",
+}
+
+
+def _known_speakers(values: list[str]) -> tuple[Any, ...]:
+    """--known-speaker NAME=FILE, each FILE 2-10 s of that speaker."""
+    from whisper_endpoint.audio.decode import AudioSource, load_audio
+    from whisper_endpoint.diarization.pipeline import KnownSpeaker
+
+    speakers = []
+    for value in values:
+        name, _, path = value.partition("=")
+        if not name or not path:
+            raise WhisperEndpointError(f"--known-speaker takes NAME=FILE, got {value!r}")
+        speakers.append(KnownSpeaker(name, load_audio(AudioSource(Path(path)))))
+    return tuple(speakers)
+
+
+def _render(args: argparse.Namespace, transcript: Any, diarization: Any) -> dict[str, Any] | str:
+    """The output for one file: a JSON document (json formats) or text."""
+    from whisper_endpoint.diarization.attribution import segment_speakers, speaker_segments
+    from whisper_endpoint.formats import render
+
+    turns = list(diarization.turns) if diarization else None
+    pieces = speaker_segments(transcript, turns) if turns is not None else None
+    if args.format == "json":
+        return render.render_json(transcript)
+    if args.format == "verbose_json":
+        speakers = segment_speakers(transcript, turns) if turns is not None else None
+        return render.render_verbose_json(transcript, words=args.word_timestamps, speakers=speakers)
+    if args.format == "diarized_json":
+        return render.render_diarized_json(transcript, pieces or [])
+    if args.format == "srt":
+        return render.render_srt(transcript, pieces)
+    if args.format == "vtt":
+        return render.render_vtt(transcript, pieces)
+    return render.render_text(transcript)
 
 
 def _transcribe(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from whisper_endpoint.audio.decode import AudioSource, probe_duration_s
+    from whisper_endpoint.audio.decode import AudioSource, iter_audio, probe_duration_s
     from whisper_endpoint.config import Settings
     from whisper_endpoint.decoding.options import DecodeOptions, with_keywords
     from whisper_endpoint.decoding.transcribe import transcribe
     from whisper_endpoint.engines import load_engine
-    from whisper_endpoint.formats import render
 
     missing = [path for path in args.files if not Path(path).is_file()]
     if missing:  # before the model loads: a typo should not cost a model load
@@ -40,6 +82,18 @@ def _transcribe(args: argparse.Namespace) -> int:
             print(f"error: unknown language {args.language!r}", file=sys.stderr)
             return 2
     candidates = tuple(normalize_language(code) or code for code in args.languages or ())
+    diarize = args.diarize or args.format == "diarized_json" or bool(args.known_speaker)
+    diarizer = None
+    if diarize:
+        from whisper_endpoint.diarization.encoder import VoiceEncoder
+        from whisper_endpoint.diarization.pipeline import Diarizer
+
+        try:
+            diarizer = Diarizer(VoiceEncoder.load())
+            known = _known_speakers(args.known_speaker or [])
+        except WhisperEndpointError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
     settings = Settings(model=args.model, engine=args.engine)
     engine = load_engine(settings)
     options = DecodeOptions(
@@ -47,7 +101,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         language=language,
         languages=candidates,
         prompt=with_keywords(args.prompt, args.keywords),
-        word_timestamps=args.word_timestamps,
+        word_timestamps=args.word_timestamps or (diarize and engine.capabilities.word_timestamps),
         strategy=args.strategy,
         beam_size=args.beam_size,
         report_no_speech_prob=args.format == "verbose_json",
@@ -74,26 +128,22 @@ def _transcribe(args: argparse.Namespace) -> int:
                     bar.update(round(done - bar.n, 1))
 
                 transcript = transcribe(source, engine, options, progress)
+            if diarizer is not None:
+                if not args.quiet:
+                    print(f"{Path(path).name}: finding speakers", file=sys.stderr)
+                diarization = diarizer.diarize(iter_audio(source), known)
         except WhisperEndpointError as exc:
             print(f"error: {path}: {exc.message}", file=sys.stderr)
             failures += 1
             continue
-        if args.format in ("json", "verbose_json"):
-            body = (
-                render.render_json(transcript)
-                if args.format == "json"
-                else render.render_verbose_json(transcript, words=args.word_timestamps)
-            )
+        body = _render(args, transcript, diarization if diarizer is not None else None)
+        if isinstance(body, dict):
             if labelled:
                 documents[path] = body
                 continue
-            output = json.dumps(body, ensure_ascii=False, indent=2 if args.format == "verbose_json" else None) + "\n"
-        elif args.format in ("txt", "text"):
-            output = render.render_text(transcript)
-        elif args.format == "srt":
-            output = render.render_srt(transcript)
+            output = json.dumps(body, ensure_ascii=False, indent=None if args.format == "json" else 2) + "\n"
         else:
-            output = render.render_vtt(transcript)
+            output = body
         if args.output_dir:
             out_dir = Path(args.output_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", default="txt", choices=sorted(FORMAT_SUFFIX))
     t.add_argument("--output-dir", help="write FILE.<ext> there instead of printing")
     t.add_argument("--word-timestamps", action="store_true")
+    t.add_argument("--diarize", action="store_true", help="label speakers (implied by --format diarized_json)")
+    t.add_argument(
+        "--known-speaker", action="append", metavar="NAME=FILE", help="name a speaker by 2-10 s of their voice"
+    )
     t.add_argument("--strategy", default="batched", choices=["batched", "sequential"])
     t.add_argument("--beam-size", type=int, default=1)
     t.add_argument("--raw-pcm", action="store_true", help="inputs are headerless s16le, 16 kHz, mono")
