@@ -183,7 +183,13 @@ def test_form_fields_are_bounded_and_unknown_ones_refused(server: ServerProcess)
     many = post([("junk", b"x")] * 100)
     assert many.status_code == 400 and "fields" in many.json()["error"]["message"]
     large = post([("prompt", b"x" * (1024 * 1024))])
-    assert large.status_code == 400 and "maximum size" in large.json()["error"]["message"]
+    assert large.status_code == 400 and "maximum size of 64KB" in large.json()["error"]["message"]
+    # Known speakers' references may be large (data URLs of up to 10 s of audio), each and in all bounded.
+    reference = b"data:audio/wav;base64," + b"A" * (3 * 1024 * 1024)
+    too_big = post([("known_speaker_references[]", reference)])
+    assert too_big.status_code == 400 and "maximum size of 3072KB" in too_big.json()["error"]["message"]
+    too_many = post([("known_speaker_references[]", reference[: 3 * 1024 * 1024 - 100])] * 5)
+    assert too_many.status_code == 400 and "in all" in too_many.json()["error"]["message"]
     unknown = post([("bogus_field", b"1")])
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "bogus_field"
     streamed = post([("stream", b"true")], "/v1/audio/translations")

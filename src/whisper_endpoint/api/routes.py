@@ -19,6 +19,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from whisper_endpoint.api.forms import FIELD_BYTES, MAX_FIELDS, BoundedFormRoute
 from whisper_endpoint.api.known_speakers import parse_known_speakers
 from whisper_endpoint.api.protocol import AudioRequest, parse_audio_request
 from whisper_endpoint.audio.decode import AudioSource
@@ -38,10 +39,8 @@ from whisper_endpoint.serving.service import Job, TranscriptionService
 log = logging.getLogger("whisper_endpoint.access")
 
 RAW_PCM_TYPES = {"audio/l16", "audio/pcm", "audio/x-raw", "audio/s16le"}
-# Text fields are held in memory while the form is parsed: bounded in number and size (a body of junk fields
-# under 1 MB each was otherwise held whole). 3 MiB: a known speaker's reference, 10 s of 44.1 kHz stereo WAV as
-# a base64 data URL, is 2.4 MB.
-FORM_LIMITS = {"max_files": 1, "max_fields": 64, "max_part_size": 3 * 1024 * 1024}
+# Text fields are bounded in number here and in size by BoundedFormRoute (api/forms.py).
+FORM_LIMITS = {"max_files": 1, "max_fields": MAX_FIELDS, "max_part_size": FIELD_BYTES}
 TRANSLATION_FIELDS = frozenset({"file", "model", "prompt", "response_format", "temperature"})
 TRANSCRIPTION_FIELDS = TRANSLATION_FIELDS | {
     "language",
@@ -303,7 +302,7 @@ StreamField = Annotated[bool | None, Form(description="Stream Server-Sent Events
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(form_limits=FORM_LIMITS)  # type: ignore[arg-type]
+    router = APIRouter(form_limits=FORM_LIMITS, route_class=BoundedFormRoute)  # type: ignore[arg-type]
 
     @router.post(
         "/audio/transcriptions", responses=TRANSCRIPTION_RESPONSES, summary="Transcribe audio", response_model=None
