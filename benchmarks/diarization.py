@@ -37,6 +37,21 @@ def _word_accuracy(conversation: Any, words: list[Any], turns: list[Any], mappin
     return [right, total]
 
 
+def _segments_named_right(conversation: Any, transcript: Any, turns: list[Any]) -> list[int]:
+    """diarized_json's segments (cut where the speaker changes) whose middle lies in exactly one reader's turn:
+    right when named after that reader."""
+    from whisper_endpoint.diarization.attribution import speaker_segments
+
+    right = total = 0
+    for segment in speaker_segments(transcript, turns):
+        middle = (segment.start_ms + segment.end_ms) / 2000
+        owners = {t.speaker for t in conversation.turns if t.start_s <= middle <= t.end_s}
+        if len(owners) == 1:
+            total += 1
+            right += segment.speaker == owners.pop()
+    return [right, total]
+
+
 def _majority_mapping(conversation: Any, turns: list[Any]) -> dict[str, str]:
     shared: dict[tuple[str, str], float] = {}
     for turn in turns:
@@ -80,6 +95,7 @@ def main() -> None:
             totals = np.zeros(4)
             words_letters = np.zeros(2, int)
             words_named = np.zeros(2, int)
+            segments_named = np.zeros(2, int)
             audio_s = transcribe_s = diarize_s = 0.0
             for conversation in build_conversations(folder, seed):
                 source = AudioSource(conversation.path)
@@ -99,6 +115,7 @@ def main() -> None:
                 known = tuple(KnownSpeaker(n, load_audio(AudioSource(p))) for n, p in conversation.references.items())
                 named = list(diarizer.diarize(iter_audio(source), known).turns)
                 words_named += _word_accuracy(conversation, list(transcript.words), named, None)
+                segments_named += _segments_named_right(conversation, transcript, named)
             row = {
                 "seed": seed,
                 "scored_speech_s": round(float(totals[0]), 1),
@@ -109,6 +126,7 @@ def main() -> None:
                 "words_right_pct": round(100 * words_letters[0] / words_letters[1], 2),
                 "words_right_known_speakers_pct": round(100 * words_named[0] / words_named[1], 2),
                 "words_scored": int(words_letters[1]),
+                "segments_named_right": f"{segments_named[0]}/{segments_named[1]}",
                 "audio_s": round(audio_s, 1),
                 "transcription_rtfx": round(audio_s / transcribe_s, 1),
                 "diarization_rtfx": round(audio_s / diarize_s, 1),
@@ -143,11 +161,14 @@ def main() -> None:
             2,
         ),
     }
-    print(f"{'seed':>5} {'DER %':>6} {'miss':>5} {'FA':>5} {'conf':>5} {'words %':>8} {'named %':>8} {'diar x':>7}")
+    print(
+        f"{'seed':>5} {'DER %':>6} {'miss':>5} {'FA':>5} {'conf':>5} {'words %':>8} {'named %':>8} {'diar x':>7} segs"
+    )
     for r in rows:
         print(
             f"{r['seed']:>5} {r['der_pct']:>6} {r['missed_pct']:>5} {r['false_alarm_pct']:>5} {r['confusion_pct']:>5}"
             f" {r['words_right_pct']:>8} {r['words_right_known_speakers_pct']:>8} {r['diarization_rtfx']:>7}"
+            f" {r['segments_named_right']}"
         )
     print(f"held-out DER {summary['der_pct_held_out_seeds']} %; long recording: {memory}")
     if args.out:

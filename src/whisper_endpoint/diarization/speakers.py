@@ -55,10 +55,6 @@ class SpeechEmbeddings:
     embeddings: np.ndarray  # [n, 256]
     speech: np.ndarray  # [frames] bool
 
-    @property
-    def duration_ms(self) -> int:
-        return len(self.speech) * FRAME_MS
-
 
 class _Slicer:
     """Streaming front end: 10 ms frames (40 mel bands and the frame's power) and the VAD's speech mask, cut
