@@ -37,14 +37,26 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def tree_peak_rss_mib(pid: int) -> float:
-    """Peak RSS of a process and its children (vLLM's engine core is a child), summed."""
+def _descendants(pid: int) -> list[int]:
+    children = [
+        int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    ]
+    return [pid] + [d for c in children for d in _descendants(c)]
+
+
+def tree_peak_rss_mib(pid: int) -> tuple[float, dict[str, float]]:
+    """Peak RSS of a process and all its descendants (vLLM's engine core is a child of our engine process, a
+    grandchild of the server), summed, and by process name (processes of one name added up)."""
     from whisper_endpoint.bench import peak_rss_mib
 
-    pids = [pid]
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    pids += [int(c) for c in children]
-    return round(sum(peak_rss_mib(p) or 0.0 for p in pids), 1)
+    by_name: dict[str, float] = {}
+    for p in _descendants(pid):
+        try:
+            name = Path(f"/proc/{p}/comm").read_text().strip()
+        except OSError:
+            continue
+        by_name[name] = round(by_name.get(name, 0.0) + (peak_rss_mib(p) or 0.0), 1)
+    return round(sum(by_name.values()), 1), by_name
 
 
 DRIVER_REPORT = "vLLM engine: "  # the engine driver's 10 s reports in our server's log
@@ -172,8 +184,9 @@ def run_system(system: str, checkpoint: Path, loads: dict[str, list[Path]], args
                 cpu = busiest_processes(cpu_before, process_cpu_s(proc.pid), time.monotonic() - started)
                 result.system = system
                 result.gpu_memory_mib = gpu_memory_used_mib()
-                result.server_peak_rss_mib = tree_peak_rss_mib(proc.pid)
+                result.server_peak_rss_mib, rss_by_process = tree_peak_rss_mib(proc.pid)
                 row = {**result.summary(), "corpus": name, "server_start_s": round(ready_s, 1)}
+                row["peak_rss_mib_by_process"] = rss_by_process
                 row.update(gpu_busy_pct=gpu.mean_pct, cores_by_process=cpu)
                 logged = log.read_bytes()
                 row["driver_reports"] = driver_reports(logged[log_before:].decode(errors="replace"))  # this load's
