@@ -67,9 +67,12 @@ def test_one_voice_is_one_speaker(diarizer: Diarizer, conversations: list[Conver
     assert result.turns and result.turns[0].start_ms < 1000
 
 
-def test_silence_has_no_speakers(diarizer: Diarizer) -> None:
+def test_silence_has_no_speakers(diarizer: Diarizer, conversations: list[Conversation]) -> None:
     result = diarizer.diarize([np.zeros(16_000 * 5, np.float32)])
     assert result.turns == () and result.speakers == ()
+    reference = next(iter(conversations[0].references.values()))
+    known = (KnownSpeaker("someone", load_audio(AudioSource(reference))),)
+    assert diarizer.diarize([np.zeros(16_000 * 5, np.float32)], known) == result
 
 
 def test_clustering_separates_distinct_directions_and_keeps_near_ones() -> None:

@@ -5,35 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import Response
 
 from whisper_endpoint.api.forms import FIELD_BYTES, MAX_FIELDS, BoundedFormRoute
 from whisper_endpoint.api.known_speakers import parse_known_speakers
-from whisper_endpoint.api.protocol import AudioRequest, parse_audio_request
+from whisper_endpoint.api.protocol import parse_audio_request
+from whisper_endpoint.api.responses import JobStreamingResponse, render_response, stream_events
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.options import Task
-from whisper_endpoint.diarization.attribution import segment_speakers, speaker_segments
 from whisper_endpoint.diarization.pipeline import KnownSpeaker
 from whisper_endpoint.errors import (
     CancelledRequestError,
     InvalidRequestError,
     ModelNotFoundError,
-    WhisperEndpointError,
 )
 from whisper_endpoint.formats import render
-from whisper_endpoint.formats.transcript import Segment, SpeakerSegment, Transcript
+from whisper_endpoint.formats.transcript import Segment, Transcript
 from whisper_endpoint.serving.service import Job, TranscriptionService
 
 log = logging.getLogger("whisper_endpoint.access")
@@ -112,34 +108,6 @@ async def _spool(upload: UploadFile, spool_dir: Path) -> Path:
     return Path(name)
 
 
-def _speaker_segments(transcript: Transcript, job: Job) -> list[SpeakerSegment] | None:
-    if job.diarization is None:
-        return None
-    return speaker_segments(transcript, list(job.diarization.turns))
-
-
-def _render(transcript: Transcript, req: AudioRequest, job: Job) -> Response:
-    fmt = req.response_format
-    pieces = _speaker_segments(transcript, job)
-    if fmt == "text":
-        return PlainTextResponse(render.render_text(transcript))
-    if fmt == "srt":
-        return PlainTextResponse(render.render_srt(transcript, pieces))
-    if fmt == "vtt":
-        return PlainTextResponse(render.render_vtt(transcript, pieces))
-    if fmt == "diarized_json":
-        return JSONResponse(render.render_diarized_json(transcript, pieces or []))
-    if fmt == "verbose_json":
-        body = render.render_verbose_json(
-            transcript,
-            segments="segment" in req.granularities,
-            words="word" in req.granularities,
-            speakers=None if job.diarization is None else segment_speakers(transcript, list(job.diarization.turns)),
-        )
-        return JSONResponse(body)
-    return JSONResponse(render.render_json(transcript, include_logprobs=req.include_logprobs))
-
-
 async def _collect(request: Request, service: TranscriptionService, job: Job) -> list[Segment]:
     """All segments; stops (and cancels the job) if the client disconnects first."""
     segments: list[Segment] = []
@@ -168,68 +136,6 @@ async def _collect(request: Request, service: TranscriptionService, job: Job) ->
         raise CancelledRequestError("the client disconnected")
     task.result()
     return segments
-
-
-class _JobStreamingResponse(StreamingResponse):
-    """A stream that ends its job however the stream ends, even if it never started (the client left
-    before the first byte): the release is plain code in a `finally`, never an await."""
-
-    def __init__(self, content: AsyncIterator[bytes], service: TranscriptionService, job: Job) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self._service = service
-        self._job = job
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._service.end(self._job)
-
-
-def _sse(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
-
-
-async def _stream(service: TranscriptionService, job: Job, req: AudioRequest) -> AsyncIterator[bytes]:
-    """OpenAI's events: a delta and a segment per segment, then done. The deltas joined are exactly the
-    done event's text (the first loses its leading space, none keeps trailing ones)."""
-    segments: list[Segment] = []
-    text = ""
-    try:
-        async for segment in service.segments(job):
-            segments.append(segment)
-            piece = segment.text.rstrip()
-            piece = piece if text else piece.lstrip()
-            text += piece
-            delta: dict[str, Any] = {"type": "transcript.text.delta", "delta": piece}
-            if req.include_logprobs:
-                delta["logprobs"] = [
-                    {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in segment.logprobs
-                ]
-            yield _sse(delta)
-            if not req.diarize:  # with speakers, the segment events come once the speakers are known
-                yield _sse(
-                    {
-                        "type": "transcript.text.segment",
-                        "id": str(segment.id),
-                        "start": segment.start_ms / 1000,
-                        "end": segment.end_ms / 1000,
-                        "text": segment.text.strip(),
-                        "speaker": render.STREAM_SPEAKER,
-                    }
-                )
-        transcript = Transcript(job.options.task, job.info.language or "en", job.info.duration_ms, tuple(segments))
-        for index, stretch in enumerate(_speaker_segments(transcript, job) or []):
-            yield _sse(render.speaker_segment_json(index, stretch))
-        done: dict[str, Any] = {"type": "transcript.text.done", "text": text}
-        if job.options.task == "transcribe":
-            done["languages"] = render.languages(transcript)
-        if req.include_logprobs:
-            done["logprobs"] = render.render_json(transcript, include_logprobs=True)["logprobs"]
-        done["usage"] = render.usage_tokens(transcript, job.info.prompt_tokens)
-        yield _sse(done)
-    except WhisperEndpointError as exc:
-        yield _sse({"type": "error", "error": exc.body()})
 
 
 def _check_fields(names: set[str], task: Task) -> None:
@@ -270,13 +176,13 @@ async def _handle(request: Request, task: Task, file: UploadFile, model: str | N
         raise
     request.state.job = job
     if req.stream:
-        return _JobStreamingResponse(_stream(service, job, req), service, job)
+        return JobStreamingResponse(stream_events(service, job, req), service, job)
     try:
         segments = await _collect(request, service, job)
     finally:
         service.end(job)
     transcript = Transcript(task, job.info.language or "en", job.info.duration_ms, tuple(segments))
-    return _render(transcript, req, job)
+    return render_response(transcript, req, job)
 
 
 FileField = Annotated[

@@ -62,10 +62,13 @@ class Diarizer:
     def diarize(self, blocks: Iterable[np.ndarray], known: tuple[KnownSpeaker, ...] = ()) -> Diarization:
         embedded = embed_speech(blocks, self.encoder)
         labels = cluster(embedded.embeddings)
+        if len(labels) == 0:
+            return Diarization((), ())
         if known:
             names = self._known_names(embedded.embeddings, labels, known)
         else:
-            names = [letters(int(labels.max()) + 1)[k] for k in labels] if len(labels) else []
+            label_of = letters(int(labels.max()) + 1)
+            names = [label_of[k] for k in labels]
         speakers = list(dict.fromkeys(names))
         slice_speakers = np.array([speakers.index(name) for name in names], np.int64)
         turns = tuple(

@@ -102,6 +102,7 @@ class TranscriptionService:
         self._queue_limit_ms = round(settings.max_queued_audio_s * 1000)
         self.throughput = 0.0  # audio seconds per wall second, moving average
         self._diarizer: Diarizer | None = None
+        self._diarizer_lock = threading.Lock()
 
     def close(self) -> None:
         if self.front_end:
@@ -290,7 +291,7 @@ class TranscriptionService:
 
     def diarizer(self) -> Diarizer:
         """The voice encoder, loaded on first use; DiarizationUnavailableError when its weights are missing."""
-        with self._lock:
+        with self._diarizer_lock:  # not the admission lock: the first load reads 17 MB
             if self._diarizer is None:
                 self._diarizer = Diarizer(VoiceEncoder.load())
             return self._diarizer
