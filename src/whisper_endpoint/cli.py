@@ -166,7 +166,7 @@ def _limit_malloc_arenas() -> None:
     """glibc gives each thread that allocates under contention an arena of its own and rarely returns their
     freed pages: with a thread per request, the server's RSS kept what its busiest moment had touched. The
     variable carries the limit to the processes the server starts: the vLLM engine process runs a thread per
-    call, and its peak RSS fell from 10.8-11.6 GiB to 7.0-8.7 GiB with it, at the same throughput
+    call, and its peak RSS fell from 10.6-11.3 GiB to 6.8-8.5 GiB with it, at the same throughput
     (docs/benchmarks.md)."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return  # the operator chose (and the processes we start inherit it)

@@ -84,3 +84,32 @@ def test_stream_usage_counts_audio_prompt_and_output_tokens() -> None:
         "output_tokens": 3,
         "total_tokens": audio + 7 + 3,
     }
+
+
+def test_speakers_in_srt_vtt_verbose_json_and_diarized_json() -> None:
+    from whisper_endpoint.formats.render import render_diarized_json
+    from whisper_endpoint.formats.transcript import SpeakerSegment
+
+    stretches = [
+        SpeakerSegment(1001, 4_500, "And so my fellow Americans,", "A"),
+        SpeakerSegment(4_500, 9_999, "ask not <what> --> you", "Ana"),
+    ]
+    srt = render_srt(TRANSCRIPT, stretches)
+    assert srt.startswith("1\n00:00:01,001 --> 00:00:04,500\nA: And so my fellow Americans,\n\n2\n")
+    assert "Ana: ask not <what> -> you" in srt
+    vtt = render_vtt(TRANSCRIPT, stretches)
+    assert "00:00:04.500 --> 00:00:09.999\n<v Ana>ask not &lt;what&gt; -&gt; you\n" in vtt
+    verbose = render_verbose_json(TRANSCRIPT, speakers=["A", "Ana", "A"])
+    assert [s["speaker"] for s in verbose["segments"]] == ["A", "Ana", "A"]
+    assert "speaker" not in render_verbose_json(TRANSCRIPT)["segments"][0]
+    body = render_diarized_json(TRANSCRIPT, stretches)
+    assert body["task"] == "transcribe" and body["duration"] == 3725.5 and body["text"] == TRANSCRIPT.text
+    assert body["segments"][1] == {
+        "type": "transcript.text.segment",
+        "id": "seg_1",
+        "start": 4.5,
+        "end": 9.999,
+        "text": "ask not <what> --> you",
+        "speaker": "Ana",
+    }
+    assert body["usage"] == {"type": "duration", "seconds": 3726}
