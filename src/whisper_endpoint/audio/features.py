@@ -50,8 +50,19 @@ def mel_filters(n_mels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def hann_window() -> np.ndarray:
+def _hann() -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic
+
+
+def power_spectrum(padded: np.ndarray) -> np.ndarray:
+    """Power of each 25 ms Hann-windowed frame of float32 `padded`, a frame starting every 10 ms: [frames, 201]."""
+    n_frames = 1 + (len(padded) - N_FFT) // HOP_LENGTH
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
+    )
+    spectrum = np.fft.rfft(frames * _hann(), axis=-1)
+    result: np.ndarray = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    return result
 
 
 def log_mel_window(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
@@ -60,13 +71,7 @@ def log_mel_window(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
         raise ValueError(f"a window holds at most {WINDOW_SAMPLES} samples, got {len(samples)}")
     audio = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
     audio[: len(samples)] = samples
-    padded = np.pad(audio, N_FFT // 2, mode="reflect")
-    n_frames = 1 + (len(padded) - N_FFT) // HOP_LENGTH
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
-    )
-    spectrum = np.fft.rfft(frames * hann_window(), axis=-1)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)[:-1]  # drop the last frame, as Whisper
+    power = power_spectrum(np.pad(audio, N_FFT // 2, mode="reflect"))[:-1]  # drop the last frame, as Whisper
     mel = mel_filters(n_mels) @ power.T
     log_spec = np.log10(np.maximum(mel, POWER_FLOOR))
     log_spec = np.maximum(log_spec, log_spec.max() - LOG_RANGE)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_endpoint.audio.features import HOP_LENGTH, N_FFT, hann_window, mel_filters
+from whisper_endpoint.audio.features import HOP_LENGTH, N_FFT, mel_filters, power_spectrum
 from whisper_endpoint.diarization.checkpoint import load_legacy_checkpoint
 from whisper_endpoint.errors import DiarizationUnavailableError
 
@@ -57,13 +57,7 @@ def load_weights(path: Path) -> EncoderWeights:
 def mel_power(samples: np.ndarray, centered: bool = True) -> np.ndarray:
     """Mel power spectrogram as the encoder was trained on (no log), a frame every 10 ms: [frames, 40].
     `centered`: frame i is centred on sample 160 i (zeros beyond the ends); else it starts there."""
-    padded = np.pad(samples.astype(np.float32), N_FFT // 2 if centered else 0)
-    n_frames = 1 + (len(padded) - N_FFT) // HOP_LENGTH
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0])
-    )
-    spectrum = np.fft.rfft(frames * hann_window(), axis=-1)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    power = power_spectrum(np.pad(samples.astype(np.float32), N_FFT // 2 if centered else 0))
     result: np.ndarray = power @ mel_filters(N_MELS).T
     return result
 
