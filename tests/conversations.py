@@ -133,6 +133,27 @@ class Score:
     def der(self) -> float:
         return (self.missed_s + self.false_alarm_s + self.confusion_s) / self.speech_s if self.speech_s else 0.0
 
+    def __add__(self, other: Score) -> Score:
+        return Score(
+            self.speech_s + other.speech_s,
+            self.missed_s + other.missed_s,
+            self.false_alarm_s + other.false_alarm_s,
+            self.confusion_s + other.confusion_s,
+        )
+
+    def percentages(self) -> dict[str, float]:
+        """The error and its parts as percentages of the scored speech, as benchmark rows report them."""
+        share = 100 / self.speech_s if self.speech_s else 0.0
+        return {
+            "der_pct": round(100 * self.der, 2),
+            "missed_pct": round(share * self.missed_s, 2),
+            "false_alarm_pct": round(share * self.false_alarm_s, 2),
+            "confusion_pct": round(share * self.confusion_s, 2),
+        }
+
+
+NO_SCORE = Score(0.0, 0.0, 0.0, 0.0)
+
 
 FRAME_S = 0.01
 COLLAR_S = 0.25

@@ -43,23 +43,17 @@ def _known_speakers(values: list[str]) -> tuple[Any, ...]:
 
 def _render(args: argparse.Namespace, transcript: Any, diarization: Any) -> dict[str, Any] | str:
     """The output for one file: a JSON document (json formats) or text."""
-    from whisper_endpoint.diarization.attribution import segment_speakers, speaker_segments
+    from whisper_endpoint.diarization.attribution import attribute
     from whisper_endpoint.formats import render
 
-    turns = list(diarization.turns) if diarization else None
-    pieces = speaker_segments(transcript, turns) if turns is not None else None
-    if args.format == "json":
-        return render.render_json(transcript)
-    if args.format == "verbose_json":
-        speakers = segment_speakers(transcript, turns) if turns is not None else None
-        return render.render_verbose_json(transcript, words=args.word_timestamps, speakers=speakers)
-    if args.format == "diarized_json":
-        return render.render_diarized_json(transcript, pieces or [])
-    if args.format == "srt":
-        return render.render_srt(transcript, pieces)
-    if args.format == "vtt":
-        return render.render_vtt(transcript, pieces)
-    return render.render_text(transcript)
+    speakers = attribute(transcript, list(diarization.turns)) if diarization else None
+    return render.render_format(
+        transcript,
+        "text" if args.format == "txt" else args.format,
+        words=args.word_timestamps,
+        stretches=speakers.stretches if speakers else None,
+        segment_speakers=speakers.segment_speakers if speakers else None,
+    )
 
 
 def _transcribe(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from whisper_endpoint.diarization.attribution import NamedTurn, segment_speakers, speaker_at, speaker_segments
+from whisper_endpoint.diarization.attribution import NamedTurn, attribute, speaker_at
 from whisper_endpoint.formats.transcript import Segment, Transcript, Word
 
 
@@ -18,7 +18,7 @@ TURNS = [NamedTurn(0, 2000, "A"), NamedTurn(2100, 4000, "B"), NamedTurn(4500, 60
 
 def test_a_segment_is_cut_where_its_words_change_speaker() -> None:
     segment = _segment(0, [(" Hello", 100, 500), (" there.", 600, 1900), (" Hi", 2000, 2600), (" you.", 2700, 3000)])
-    pieces = speaker_segments(Transcript("transcribe", "en", 6000, (segment,)), TURNS)
+    pieces = attribute(Transcript("transcribe", "en", 6000, (segment,)), TURNS).stretches
     assert [(p.speaker, p.text, p.start_ms, p.end_ms) for p in pieces] == [
         ("A", "Hello there.", 100, 1900),
         ("B", "Hi you.", 2000, 3000),
@@ -36,10 +36,10 @@ def test_segments_without_words_take_their_span_and_verbose_json_takes_the_major
     wordless = _segment(0, [], text=" No words here.")
     spoken = _segment(1, [(" One", 1500, 1900), (" two", 2200, 2500), (" three", 2600, 3900)])
     transcript = Transcript("transcribe", "en", 6000, (wordless, spoken))
-    assert [(p.speaker, p.text) for p in speaker_segments(transcript, TURNS)] == [
+    assert [(p.speaker, p.text) for p in attribute(transcript, TURNS).stretches] == [
         ("A", "No words here."),
         ("A", "One"),
         ("B", "two three"),
     ]
-    assert segment_speakers(transcript, TURNS) == ["A", "B"]
-    assert segment_speakers(transcript, []) == ["A", "A"]  # no one heard: the fallback label
+    assert attribute(transcript, TURNS).segment_speakers == ["A", "B"]
+    assert attribute(transcript, []).segment_speakers == ["A", "A"]  # no one heard: the fallback label

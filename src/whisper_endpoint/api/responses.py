@@ -10,39 +10,25 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.types import Receive, Scope, Send
 
 from whisper_endpoint.api.protocol import AudioRequest
-from whisper_endpoint.diarization.attribution import segment_speakers, speaker_segments
+from whisper_endpoint.diarization.attribution import attribute
 from whisper_endpoint.errors import WhisperEndpointError
 from whisper_endpoint.formats import render
-from whisper_endpoint.formats.transcript import Segment, SpeakerSegment, Transcript
+from whisper_endpoint.formats.transcript import Segment, Transcript
 from whisper_endpoint.serving.service import Job, TranscriptionService
 
 
-def speaker_stretches(transcript: Transcript, job: Job) -> list[SpeakerSegment] | None:
-    if job.diarization is None:
-        return None
-    return speaker_segments(transcript, list(job.diarization.turns))
-
-
 def render_response(transcript: Transcript, req: AudioRequest, job: Job) -> Response:
-    fmt = req.response_format
-    pieces = speaker_stretches(transcript, job)
-    if fmt == "text":
-        return PlainTextResponse(render.render_text(transcript))
-    if fmt == "srt":
-        return PlainTextResponse(render.render_srt(transcript, pieces))
-    if fmt == "vtt":
-        return PlainTextResponse(render.render_vtt(transcript, pieces))
-    if fmt == "diarized_json":
-        return JSONResponse(render.render_diarized_json(transcript, pieces or []))
-    if fmt == "verbose_json":
-        body = render.render_verbose_json(
-            transcript,
-            segments="segment" in req.granularities,
-            words="word" in req.granularities,
-            speakers=None if job.diarization is None else segment_speakers(transcript, list(job.diarization.turns)),
-        )
-        return JSONResponse(body)
-    return JSONResponse(render.render_json(transcript, include_logprobs=req.include_logprobs))
+    speakers = None if job.diarization is None else attribute(transcript, list(job.diarization.turns))
+    body = render.render_format(
+        transcript,
+        req.response_format,
+        segments="segment" in req.granularities,
+        words="word" in req.granularities,
+        include_logprobs=req.include_logprobs,
+        stretches=speakers.stretches if speakers else None,
+        segment_speakers=speakers.segment_speakers if speakers else None,
+    )
+    return JSONResponse(body) if isinstance(body, dict) else PlainTextResponse(body)
 
 
 class JobStreamingResponse(StreamingResponse):
@@ -94,8 +80,10 @@ async def stream_events(service: TranscriptionService, job: Job, req: AudioReque
                     }
                 )
         transcript = Transcript(job.options.task, job.info.language or "en", job.info.duration_ms, tuple(segments))
-        for index, stretch in enumerate(speaker_stretches(transcript, job) or []):
-            yield _sse(render.speaker_segment_json(index, stretch))
+        if job.diarization is not None:
+            stretches = attribute(transcript, list(job.diarization.turns)).stretches
+            for index, stretch in enumerate(stretches):
+                yield _sse(render.speaker_segment_json(index, stretch))
         done: dict[str, Any] = {"type": "transcript.text.done", "text": text}
         if job.options.task == "transcribe":
             done["languages"] = render.languages(transcript)

@@ -48,17 +48,21 @@ def _split(segment: Segment, turns: list[NamedTurn], fallback: str) -> list[Spea
     ]
 
 
-def speaker_segments(transcript: Transcript, turns: list[NamedTurn], fallback: str = "A") -> list[SpeakerSegment]:
-    """Every segment cut where its words change speaker (by their timestamps); `fallback` where no one spoke."""
-    return [piece for segment in transcript.segments for piece in _split(segment, turns, fallback) if piece.text]
+@dataclass(frozen=True)
+class Attribution:
+    stretches: list[SpeakerSegment]  # every segment cut where its words change speaker (diarized_json, srt, vtt)
+    segment_speakers: list[str]  # one speaker per Whisper segment, the one who says most of it (verbose_json)
 
 
-def segment_speakers(transcript: Transcript, turns: list[NamedTurn], fallback: str = "A") -> list[str]:
-    """One speaker per Whisper segment (verbose_json, the stream): the one who says most of it."""
-    result = []
+def attribute(transcript: Transcript, turns: list[NamedTurn], fallback: str = "A") -> Attribution:
+    """Words to speakers by their timestamps, in one pass over the segments; `fallback` where no one spoke."""
+    stretches: list[SpeakerSegment] = []
+    labels = []
     for segment in transcript.segments:
+        pieces = _split(segment, turns, fallback)
         spoken: dict[str, int] = {}
-        for piece in _split(segment, turns, fallback):
+        for piece in pieces:
             spoken[piece.speaker] = spoken.get(piece.speaker, 0) + max(1, piece.end_ms - piece.start_ms)
-        result.append(max(spoken, key=lambda s: spoken[s]) if spoken else fallback)
-    return result
+        labels.append(max(spoken, key=lambda s: spoken[s]) if spoken else fallback)
+        stretches += [piece for piece in pieces if piece.text]
+    return Attribution(stretches, labels)

@@ -170,3 +170,28 @@ def render_diarized_json(transcript: Transcript, speakers: list[SpeakerSegment])
         "segments": [speaker_segment_json(i, s) for i, s in enumerate(speakers)],
         "usage": usage(transcript),
     }
+
+
+def render_format(
+    transcript: Transcript,
+    fmt: str,
+    *,
+    segments: bool = True,
+    words: bool = False,
+    include_logprobs: bool = False,
+    stretches: list[SpeakerSegment] | None = None,
+    segment_speakers: list[str] | None = None,
+) -> dict[str, Any] | str:
+    """The transcript in `fmt`: a JSON body for the json formats, text for the others. With speakers asked
+    for, `stretches` (cut where the speaker changes) and `segment_speakers` (one per segment)."""
+    if fmt == "text":
+        return render_text(transcript)
+    if fmt == "srt":
+        return render_srt(transcript, stretches)
+    if fmt == "vtt":
+        return render_vtt(transcript, stretches)
+    if fmt == "diarized_json":
+        return render_diarized_json(transcript, stretches or [])
+    if fmt == "verbose_json":
+        return render_verbose_json(transcript, segments=segments, words=words, speakers=segment_speakers)
+    return render_json(transcript, include_logprobs=include_logprobs)
