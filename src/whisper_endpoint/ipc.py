@@ -50,6 +50,17 @@ class MessageSocket:
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         return cls(left), cls(right)
 
+    @classmethod
+    def connect(cls, address: str) -> MessageSocket:
+        """A connection to a listening Unix socket at `address` (a path)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
     def send(self, message: object) -> None:
         buffers: list[pickle.PickleBuffer] = []
         payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)

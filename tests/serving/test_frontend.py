@@ -1,59 +1,128 @@
-"""Front-end worker processes: the same chunks and the same transcripts as in-thread decoding, errors
-that cross the process boundary intact, workers that die replaced, and the started ones stopped when one
-cannot start."""
+"""Front-end processes own their requests: the same transcripts as in the server's threads with no audio
+decoded in the server, several requests at once in one worker, errors that cross the process boundary intact,
+cancellation that stops a worker's engine calls, and workers that die replaced."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
 from openai import BadRequestError, OpenAI
 
-from tests.conftest import JFK, start_server
-from tests.datasets import DATA, clips, wer
-from whisper_endpoint.audio.chunking import iter_speech_chunks
-from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
+from tests.conftest import JFK, JFK_TEXT, start_server
+from tests.datasets import DATA, clips, english_normalizer, wer
+from whisper_endpoint.audio.decode import AudioSource, load_audio
 from whisper_endpoint.config import Settings
+from whisper_endpoint.decoding.options import DecodeOptions
+from whisper_endpoint.decoding.transcribe import RunInfo, transcribe
+from whisper_endpoint.engines.base import Engine
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
-from whisper_endpoint.errors import AudioDecodeError, EngineFailedError, ShuttingDownError
-from whisper_endpoint.serving import frontend
-from whisper_endpoint.serving.frontend import FrontEndProcesses, decode_and_chunk
+from whisper_endpoint.engines.process import EngineListener, engine_handler
+from whisper_endpoint.errors import AudioDecodeError, CancelledRequestError, EngineFailedError, ShuttingDownError
+from whisper_endpoint.formats.transcript import Segment
+from whisper_endpoint.serving import frontend, service
+from whisper_endpoint.serving.frontend import FrontEndProcesses
 
 LONG = DATA / "C_longform" / "earnings22_1_4482311_3_62.flac"
+ENGLISH = DecodeOptions(language="en")
 
 
-def test_worker_chunks_equal_streamed_chunks() -> None:
-    chunks, samples = decode_and_chunk(AudioSource(LONG))
-    streamed = list(iter_speech_chunks(iter_audio(AudioSource(LONG))))
-    assert samples == sum(len(b) for b in iter_audio(AudioSource(LONG)))
-    assert [c.start for c in chunks] == [c.start for c in streamed] and len(chunks) >= 2
-    for ours, theirs in zip(chunks, streamed, strict=True):
-        assert np.array_equal(ours.samples, theirs.samples)
-        assert ours.speech_probs is not None and np.array_equal(ours.speech_probs, theirs.speech_probs)
+class _Served:
+    """An engine answering front-end processes from this process, as the server's in-process engine does."""
+
+    def __init__(self, engine: Engine, call: Any = None) -> None:
+        self.calls = ThreadPoolExecutor(64)
+        self.listener = EngineListener(call or engine_handler(engine), self.calls)
+
+    def pool(self, workers: int, engine: Engine) -> FrontEndProcesses:
+        return FrontEndProcesses(workers, [self.listener.address], engine)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.calls.shutdown(wait=False, cancel_futures=True)
 
 
-def test_errors_keep_their_param_and_code_across_processes() -> None:
-    error = pickle.loads(pickle.dumps(AudioDecodeError("not audio", param="file", code="custom")))
-    assert type(error) is AudioDecodeError and error.param == "file" and error.code == "custom"
-    assert error.message == "not audio" and error.status == 400
+@pytest.fixture
+def served(tiny_engine: CTranslate2Engine) -> Iterator[_Served]:
+    endpoint = _Served(tiny_engine)
+    yield endpoint
+    endpoint.close()
+
+
+def _run(pool: FrontEndProcesses, source: AudioSource, key: str = "k", info: RunInfo | None = None) -> list[Segment]:
+    return list(pool.transcribe(key, source, ENGLISH, info or RunInfo()))
+
+
+def test_a_worker_transcribes_as_this_process_does(served: _Served, tiny_engine: CTranslate2Engine) -> None:
+    pool = served.pool(1, tiny_engine)
+    try:
+        info = RunInfo()
+        there = _run(pool, AudioSource(JFK), info=info)
+        here = transcribe(AudioSource(JFK), tiny_engine, ENGLISH)
+        assert [(s.start_ms, s.end_ms, s.text) for s in there] == [
+            (s.start_ms, s.end_ms, s.text) for s in here.segments
+        ]
+        assert info.samples == len(load_audio(AudioSource(JFK))) and info.language == "en" and info.windows >= 1
+        assert english_normalizer()(" ".join(s.text for s in there)) == english_normalizer()(JFK_TEXT)
+    finally:
+        pool.close()
 
 
 @pytest.mark.slow
-def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_one_worker_runs_several_requests_at_once(served: _Served, tiny_engine: CTranslate2Engine) -> None:
+    pool = served.pool(1, tiny_engine)
+    files = [JFK, LONG, clips("B_librispeech/test-clean")[0].path]
+    try:
+        alone = {path: [s.text for s in _run(pool, AudioSource(path))] for path in files}
+        (worker,) = pool._running
+        seen_together = threading.Event()
+
+        def run(i: int) -> list[str]:
+            segments = []
+            for segment in pool.transcribe(f"r{i}", AudioSource(files[i % 3]), ENGLISH, RunInfo()):
+                if worker.load > 1:
+                    seen_together.set()
+                segments.append(segment.text)
+            return segments
+
+        with ThreadPoolExecutor(6) as requests:
+            together = list(requests.map(run, range(6)))
+        assert seen_together.is_set()
+        assert pool._running == [worker]  # all six in the one worker
+        for i, texts in enumerate(together):
+            assert wer([" ".join(alone[files[i % 3]])], [" ".join(texts)]) <= 0.05
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_server_with_front_end_processes_gives_the_same_text(
+    engine: CTranslate2Engine, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     files = [JFK, LONG, clips("B_librispeech/test-clean")[0].path]
     texts = {}
     for processes in (0, 2):
         running, thread = start_server(Settings(model="base", front_end_processes=processes), engine)
         try:
             client = OpenAI(base_url=running.v1, api_key="unused", max_retries=0)
-            service = running.server.config.app.state.service  # type: ignore[attr-defined]
-            assert (service.front_end is not None) == (processes > 0)
-            if service.front_end:  # started with the server, loaded and waiting before the first upload
-                assert len(service.front_end._idle) == processes
-                assert all(w.process.is_alive() for w in service.front_end._idle)
+            svc = running.server.config.app.state.service  # type: ignore[attr-defined]
+            assert (svc.front_end is not None) == (processes > 0)
+            if svc.front_end:  # started with the server, loaded and waiting before the first upload
+                assert len(svc.front_end._running) == processes
+                assert all(w.process.is_alive() for w in svc.front_end._running)
+
+                def not_here(*args: object, **kwargs: object) -> None:
+                    raise AssertionError("the server process decoded an upload")
+
+                monkeypatch.setattr(service, "iter_segments", not_here)
             for path in files:
                 with path.open("rb") as f:
                     result = client.audio.transcriptions.create(
@@ -70,6 +139,7 @@ def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2
         finally:
             running.server.should_exit = True
             thread.join(timeout=30)
+            monkeypatch.undo()
     for path in files:
         (text, duration), (text_in_workers, duration_in_workers) = texts[(0, path.name)], texts[(2, path.name)]
         assert duration_in_workers == duration, path.name
@@ -78,37 +148,85 @@ def test_server_with_front_end_processes_gives_the_same_text(engine: CTranslate2
         assert wer([text], [text_in_workers]) <= 0.05, (path.name, text, text_in_workers)
 
 
-def test_a_worker_that_cannot_start_is_a_503_not_a_bad_upload(monkeypatch: pytest.MonkeyPatch) -> None:
-    def dies_while_starting() -> None:
+def test_errors_keep_their_param_and_code_across_processes() -> None:
+    error = pickle.loads(pickle.dumps(AudioDecodeError("not audio", param="file", code="custom")))
+    assert type(error) is AudioDecodeError and error.param == "file" and error.code == "custom"
+    assert error.message == "not audio" and error.status == 400
+
+
+def test_a_cancelled_request_makes_no_more_engine_calls(tiny_engine: CTranslate2Engine) -> None:
+    arrived, go_on = threading.Semaphore(0), threading.Event()
+    calls: list[str] = []
+
+    def call(method: str, args: tuple[Any, ...]) -> Any:
+        calls.append(method)
+        arrived.release()
+        go_on.wait(30)
+        return getattr(tiny_engine, method)(*args)
+
+    endpoint = _Served(tiny_engine, call)
+    pool = endpoint.pool(1, tiny_engine)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _run(pool, AudioSource(LONG), "long")  # several windows: more than one engine call
+        except BaseException as exc:
+            failure.append(exc)
+
+    try:
+        request = threading.Thread(target=run)
+        request.start()
+        assert arrived.acquire(timeout=30)
+        pool.cancel("long")
+        request.join(timeout=5)  # the request's thread here wakes without waiting for the engine
+        assert not request.is_alive() and isinstance(failure[0], CancelledRequestError)
+        made = len(calls)
+        go_on.set()
+        time.sleep(1.0)
+        assert len(calls) == made  # the worker made no call after the one in flight
+        assert _run(pool, AudioSource(JFK))  # and serves the next request
+    finally:
+        go_on.set()
+        pool.close()
+        endpoint.close()
+
+
+def test_a_worker_that_cannot_start_is_a_503_not_a_bad_upload(
+    monkeypatch: pytest.MonkeyPatch, served: _Served, tiny_engine: CTranslate2Engine
+) -> None:
+    def dies_while_starting(addresses: Sequence[str], description: object) -> None:
         raise EOFError("the other end closed the connection")
 
     monkeypatch.setattr(frontend, "_Worker", dies_while_starting)
-    pool = FrontEndProcesses(1)
+    pool = served.pool(1, tiny_engine)
     with pytest.raises(EngineFailedError, match="could not start") as caught:
-        pool.chunk(AudioSource(JFK))
+        _run(pool, AudioSource(JFK))
     assert caught.value.status == 503
     with pytest.raises(EngineFailedError):
         pool.start()
 
 
-def test_when_one_worker_cannot_start_the_others_are_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_when_one_worker_cannot_start_the_others_are_stopped(
+    monkeypatch: pytest.MonkeyPatch, served: _Served, tiny_engine: CTranslate2Engine
+) -> None:
     started: list[frontend._Worker] = []
     calls = iter(range(3))
     real_worker = frontend._Worker
 
-    def second_dies_while_starting() -> frontend._Worker:
+    def second_dies_while_starting(addresses: Sequence[str], description: object) -> frontend._Worker:
         if next(calls) == 1:
             raise EOFError("the other end closed the connection")
-        started.append(real_worker())
+        started.append(real_worker(addresses, description))  # type: ignore[arg-type]
         return started[-1]
 
     monkeypatch.setattr(frontend, "_Worker", second_dies_while_starting)
-    pool = FrontEndProcesses(3)
+    pool = served.pool(3, tiny_engine)
     with pytest.raises(EngineFailedError, match="could not start"):
         pool.start()
     assert len(started) == 2
     assert not any(worker.process.is_alive() for worker in started)
-    assert not pool._idle
+    assert not pool._running
 
 
 class _ExitsOnArrival:
@@ -118,23 +236,51 @@ class _ExitsOnArrival:
         return os._exit, (3,)
 
 
-def test_a_dead_worker_is_replaced_and_an_upload_that_kills_twice_is_a_400() -> None:
-    pool = FrontEndProcesses(1)
+def test_a_dead_worker_is_replaced_and_an_upload_that_kills_twice_is_a_400(
+    served: _Served, tiny_engine: CTranslate2Engine
+) -> None:
+    pool = served.pool(1, tiny_engine)
     try:
-        chunks, samples = pool.chunk(AudioSource(JFK))
-        assert samples == len(load_audio(AudioSource(JFK))) and chunks
-        (first,) = pool._idle
+        segments = _run(pool, AudioSource(JFK))
+        (first,) = pool._running
         os.kill(first.process.pid or 0, signal.SIGKILL)
         first.process.join(timeout=10)
-        again, _ = pool.chunk(AudioSource(JFK))  # the dead worker is found, replaced, the upload retried
-        assert [c.start for c in again] == [c.start for c in chunks]
-        (second,) = pool._idle
+        again = _run(pool, AudioSource(JFK))  # the dead worker is found and replaced
+        assert [s.text for s in again] == [s.text for s in segments]
+        (second,) = pool._running
         assert second is not first and second.process.is_alive()
         with pytest.raises(AudioDecodeError, match="crashed"):
-            pool.chunk(_ExitsOnArrival())  # type: ignore[arg-type]
-        assert pool.chunk(AudioSource(JFK))[1] == samples  # and the pool still works
+            _run(pool, _ExitsOnArrival())  # type: ignore[arg-type]
+        assert [s.text for s in _run(pool, AudioSource(JFK))] == [s.text for s in segments]  # and the pool works
     finally:
         pool.close()
-    assert not pool._idle and not second.process.is_alive()
+    assert not pool._running and not second.process.is_alive()
     with pytest.raises(ShuttingDownError):
-        pool.chunk(AudioSource(JFK))
+        _run(pool, AudioSource(JFK))
+
+
+def test_requests_beside_one_that_kills_the_worker_start_again_elsewhere(
+    tiny_engine: CTranslate2Engine,
+) -> None:
+    arrived, go_on = threading.Semaphore(0), threading.Event()
+
+    def call(method: str, args: tuple[Any, ...]) -> Any:
+        arrived.release()
+        go_on.wait(30)
+        return getattr(tiny_engine, method)(*args)
+
+    endpoint = _Served(tiny_engine, call)
+    pool = endpoint.pool(1, tiny_engine)
+    try:
+        with ThreadPoolExecutor(1) as requests:
+            innocent = requests.submit(_run, pool, AudioSource(JFK), "innocent")
+            assert arrived.acquire(timeout=30)  # it waits for the engine in the worker
+            with pytest.raises(AudioDecodeError, match="crashed"):
+                _run(pool, _ExitsOnArrival(), "crasher")  # type: ignore[arg-type]
+            go_on.set()
+            texts = [s.text for s in innocent.result(timeout=60)]
+        assert english_normalizer()(" ".join(texts)) == english_normalizer()(JFK_TEXT)
+    finally:
+        go_on.set()
+        pool.close()
+        endpoint.close()

@@ -1,8 +1,9 @@
-"""An engine in a process of its own, called through a pipe.
+"""An engine in a process of its own, called over sockets: by the server (live turns) and by the front-end
+processes, each of which owns its requests' audio (serving/frontend.py).
 
 vLLM's input processing (its log-mel) and output processing run in the Python process that owns the
 engine; in a process of its own they share no interpreter lock with the server or with other engines, and
-the server only ships windows (samples and prompt) and gets tokens back, over a socket that takes a
+callers only ship windows (samples and prompt) and get tokens back, over a socket that takes a
 window in one call (whisper_endpoint.ipc). Measured (docs/history): one engine 1,470x alone against
 1,351x in the server's process; two GPUs 1.34x one either way, since there the host's CPUs were the limit.
 Calls are concurrent: each runs in a thread of the engine process. Calls and replies queued together cross
@@ -11,10 +12,14 @@ as one message, each way sent by a thread of its own (ipc.BatchingSender).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,10 +42,80 @@ from whisper_endpoint.ipc import PEER_GONE, BatchingSender, MessageSocket, pickl
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Settings], Engine]  # a module-level function, so the engine process can import it
+CallHandler = Callable[[str, tuple[Any, ...]], Any]  # (method, arguments) -> the engine's result
+MAX_CONCURRENT_CALLS = 1024  # one thread per call: a call mostly waits for its windows in the engine
 MAX_WINDOWS_PER_MESSAGE = 16  # a large call goes in parts, so the engine starts on the first while the rest travel
 MAX_CALLS_PER_MESSAGE = 8  # calls queued together travel as one message (up to 8 x 16 windows of 1.9 MB)
 MAX_REPLIES_PER_MESSAGE = 256  # replies are tokens and scores: small
 CLOSE_TIMEOUT_S = 60.0
+
+
+def answer_calls(conn: MessageSocket, call: CallHandler, calls: ThreadPoolExecutor) -> None:
+    """Answer the calls that arrive on `conn`, each run in a thread of `calls`, until the other end closes
+    it or sends None."""
+
+    def unsent(replies: list[Any], exc: BaseException) -> None:
+        if not isinstance(exc, PEER_GONE):  # a result that does not pickle: its caller learns why
+            for call_id, _, _ in replies:
+                sender.put((call_id, "error", picklable(exc)))
+
+    sender = BatchingSender(conn, "engine-replies", MAX_REPLIES_PER_MESSAGE, unsent)
+
+    def run(call_id: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            reply: tuple[Any, ...] = (call_id, "ok", call(method, args))
+        except BaseException as exc:
+            reply = (call_id, "error", picklable(exc))
+        sender.put(reply)
+
+    while True:
+        try:
+            message = conn.recv()  # a list of calls, or None: stop
+        except (EOFError, OSError):  # the caller is gone
+            break
+        if message is None:
+            break
+        for call_args in message:
+            calls.submit(run, *call_args)
+    sender.close()
+
+
+class EngineListener:
+    """Answers calls from other processes (the front-end processes) on a Unix socket in a directory of its
+    own that only this user may enter: whoever connects may have anything unpickled here."""
+
+    def __init__(self, call: CallHandler, calls: ThreadPoolExecutor) -> None:
+        self._dir = tempfile.mkdtemp(prefix="whisper-engine-")  # mode 0700
+        self.address = os.path.join(self._dir, "engine.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.address)
+        self._sock.listen()
+        self._call = call
+        self._calls = calls
+        self._thread = threading.Thread(target=self._accept, name="engine-listener", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._sock.accept()
+            except OSError:  # closed
+                return
+            conn = MessageSocket(sock)
+            threading.Thread(
+                target=answer_calls, args=(conn, self._call, self._calls), name="engine-caller", daemon=True
+            ).start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def engine_handler(engine: Engine) -> CallHandler:
+    """Calls answered by `engine`'s own methods."""
+    return lambda method, args: getattr(engine, method)(*args)
 
 
 def _serve(
@@ -51,7 +126,8 @@ def _serve(
     cpus: frozenset[int] | None,
     log_level: int,
 ) -> None:
-    """The engine process: build the engine, then run each call that arrives in a thread of its own."""
+    """The engine process: build the engine, then answer the server's calls and those of the front-end
+    processes, each call in a thread of its own."""
     # Ctrl-C reaches every process of the terminal's group; the server drains on it and closes this
     # process when done, so the engine must outlive the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -64,62 +140,21 @@ def _serve(
     except BaseException as exc:
         conn.send(("failed", picklable(exc)))
         return
-    conn.send(("ready", (EngineDescription.of(engine), os.getpid())))
-
-    def unsent(replies: list[Any], exc: BaseException) -> None:
-        if not isinstance(exc, PEER_GONE):  # a result that does not pickle: its caller learns why
-            for call_id, _, _ in replies:
-                sender.put((call_id, "error", picklable(exc)))
-
-    sender = BatchingSender(conn, "engine-replies", MAX_REPLIES_PER_MESSAGE, unsent)
-
-    def run(call_id: int, method: str, args: tuple[Any, ...]) -> None:
-        try:
-            reply: tuple[Any, ...] = (call_id, "ok", getattr(engine, method)(*args))
-        except BaseException as exc:
-            reply = (call_id, "error", picklable(exc))
-        sender.put(reply)
-
-    with ThreadPoolExecutor(max_workers=1024, thread_name_prefix="engine-call") as calls:
-        while True:
-            try:
-                message = conn.recv()  # a list of calls, or None: stop
-            except (EOFError, OSError):  # the server process is gone
-                break
-            if message is None:
-                break
-            for call in message:
-                calls.submit(run, *call)
-        engine.close()
-    sender.close()  # the calls still running ended with engine.close()
+    with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="engine-call") as calls:
+        listener = EngineListener(engine_handler(engine), calls)
+        conn.send(("ready", (EngineDescription.of(engine), os.getpid(), listener.address)))
+        answer_calls(conn, engine_handler(engine), calls)  # the server's: when it closes, the process ends
+        listener.close()
+        engine.close()  # the calls still running end with it
 
 
-class ProcessEngine(DescribedEngine):
-    """The Engine interface for an engine built by `factory(settings)` in a spawned process, with `env`
-    added to its environment and, where given, only `cpus` to run on."""
+class RemoteEngine(DescribedEngine):
+    """The Engine interface for an engine in another process, over a connection to it. Calls are concurrent;
+    those queued together cross as one message (ipc.BatchingSender), replies likewise."""
 
-    def __init__(
-        self,
-        factory: EngineFactory,
-        settings: Settings,
-        env: dict[str, str] | None = None,
-        cpus: frozenset[int] | None = None,
-    ) -> None:
-        level = logging.getLogger().getEffectiveLevel()
-        self._conn, self._process = spawn_child(_serve, (factory, settings, env or {}, cpus, level), "whisper-engine")
-        try:
-            status, payload = self._conn.recv()
-        except (EOFError, OSError):
-            self._process.join(timeout=5)
-            raise EngineUnavailableError(
-                f"the engine process ended while starting (exit code {self._process.exitcode})"
-            ) from None
-        if status == "failed":
-            self._process.join(timeout=CLOSE_TIMEOUT_S)
-            raise payload
-        description, pid = payload
+    def __init__(self, conn: MessageSocket, description: EngineDescription) -> None:
         super().__init__(description)
-        self.pid: int = pid
+        self._conn = conn
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()  # guards _pending and _closed
@@ -127,7 +162,11 @@ class ProcessEngine(DescribedEngine):
         self._calls = BatchingSender(self._conn, "engine-calls", MAX_CALLS_PER_MESSAGE, self._unsent)
         self._receiver = threading.Thread(target=self._receive, name="engine-replies", daemon=True)
         self._receiver.start()
-        log.info("engine %s runs in process %d", self.name, self.pid)
+
+    @classmethod
+    def connect(cls, address: str, description: EngineDescription) -> RemoteEngine:
+        """A connection to an engine's listener (EngineListener)."""
+        return cls(MessageSocket.connect(address), description)
 
     @property
     def alive(self) -> bool:
@@ -193,10 +232,45 @@ class ProcessEngine(DescribedEngine):
 
     def close(self) -> None:
         self._calls.close(None)  # the calls queued, then the stop; an engine already gone fails them
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        self._conn.shutdown()  # the receiver thread sees the end even if the other end does not close
+        self._receiver.join(timeout=5)
+        self._conn.close()
+
+
+class ProcessEngine(RemoteEngine):
+    """An engine built by `factory(settings)` in a spawned process, with `env` added to its environment and,
+    where given, only `cpus` to run on. Others connect to it at `address`."""
+
+    def __init__(
+        self,
+        factory: EngineFactory,
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        cpus: frozenset[int] | None = None,
+    ) -> None:
+        level = logging.getLogger().getEffectiveLevel()
+        conn, self._process = spawn_child(_serve, (factory, settings, env or {}, cpus, level), "whisper-engine")
+        try:
+            status, payload = conn.recv()
+        except (EOFError, OSError):
+            self._process.join(timeout=5)
+            raise EngineUnavailableError(
+                f"the engine process ended while starting (exit code {self._process.exitcode})"
+            ) from None
+        if status == "failed":
+            self._process.join(timeout=CLOSE_TIMEOUT_S)
+            raise payload
+        description, self.pid, self.address = payload
+        super().__init__(conn, description)
+        log.info("engine %s runs in process %d", self.name, self.pid)
+
+    def close(self) -> None:
+        self._calls.close(None)  # the calls queued, then the stop; an engine already gone fails them
         self._process.join(timeout=CLOSE_TIMEOUT_S)
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout=10)
-        self._conn.shutdown()  # the receiver thread sees the end even if the process could not be stopped
-        self._receiver.join(timeout=5)
-        self._conn.close()
+        self._disconnect()

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,16 +26,12 @@ from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.decode import AudioSource, iter_audio, probe_duration_s
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
-from whisper_endpoint.decoding.transcribe import (
-    ChunkSource,
-    RunInfo,
-    iter_segments,
-    local_speech_chunks,
-    samples_chunks,
-)
+from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments, samples_chunks
 from whisper_endpoint.diarization.encoder import VoiceEncoder
 from whisper_endpoint.diarization.pipeline import Diarization, Diarizer, KnownSpeaker
 from whisper_endpoint.engines.base import Engine
+from whisper_endpoint.engines.pool import EnginePool
+from whisper_endpoint.engines.process import MAX_CONCURRENT_CALLS, EngineListener
 from whisper_endpoint.errors import (
     AudioTooLongError,
     CancelledRequestError,
@@ -44,7 +41,7 @@ from whisper_endpoint.errors import (
     WhisperEndpointError,
 )
 from whisper_endpoint.formats.transcript import Segment
-from whisper_endpoint.serving.frontend import MAX_POOLED_AUDIO_S, FrontEndProcesses
+from whisper_endpoint.serving.frontend import FrontEndProcesses
 from whisper_endpoint.serving.metrics import Metrics
 from whisper_endpoint.serving.scheduler import ScheduledEngine, Scheduler
 
@@ -93,7 +90,9 @@ class TranscriptionService:
         processes = settings.front_end_processes
         if processes < 0:
             processes = (os.cpu_count() or 1) if engine.capabilities.continuous_batching else 0
-        self.front_end = FrontEndProcesses(processes) if processes else None
+        self._listener: EngineListener | None = None
+        self._listener_calls: ThreadPoolExecutor | None = None
+        self.front_end = FrontEndProcesses(processes, self._engine_addresses(), engine) if processes else None
         self._lock = threading.Lock()
         self._jobs: set[Job] = set()  # admitted and not yet released
         self.draining = False  # set on SIGTERM: admit nothing more
@@ -104,10 +103,29 @@ class TranscriptionService:
         self._diarizer: Diarizer | None = None
         self._diarizer_lock = threading.Lock()
 
+    def _engine_addresses(self) -> list[str]:
+        """Where front-end processes reach the engine: each engine process's socket, or else a socket of this
+        process that answers through the scheduler (an engine in this process), each call a request of its own."""
+        engines = self.engine.engines if isinstance(self.engine, EnginePool) else [self.engine]
+        addresses = [getattr(engine, "address", None) for engine in engines]
+        if all(addresses):
+            return [str(address) for address in addresses]
+
+        def call(method: str, args: tuple[Any, ...]) -> Any:
+            engine = ScheduledEngine(self.scheduler, uuid.uuid4().hex, lambda: False)
+            return getattr(engine, method)(*args)
+
+        self._listener_calls = ThreadPoolExecutor(MAX_CONCURRENT_CALLS, thread_name_prefix="engine-call")
+        self._listener = EngineListener(call, self._listener_calls)
+        return [self._listener.address]
+
     def close(self) -> None:
+        self.abort_all(ShuttingDownError("the server is shutting down"))
         if self.front_end:
             self.front_end.close()
-        self.abort_all(ShuttingDownError("the server is shutting down"))
+        if self._listener and self._listener_calls:
+            self._listener.close()
+            self._listener_calls.shutdown(wait=False, cancel_futures=True)
         self.scheduler.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -189,7 +207,6 @@ class TranscriptionService:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         slots = self.front_end_slots
-        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled.is_set, slots)
         source = AudioSource(job.source.path, job.source.raw_pcm, self.settings.max_audio_duration_s)
 
         def put(item: object) -> None:
@@ -197,12 +214,12 @@ class TranscriptionService:
 
         def work() -> None:
             try:
-                with slots:
-                    for segment in iter_segments(source, engine, job.options, job.info, None, self._chunker(job)):
-                        put(segment)
-                        if job.cancelled.is_set():
-                            break
-                    if job.known_speakers is not None and not job.cancelled.is_set():
+                for segment in self._transcribe(job, source):
+                    put(segment)
+                    if job.cancelled.is_set():
+                        break
+                if job.known_speakers is not None and not job.cancelled.is_set():
+                    with slots:
                         job.diarization = self._diarize(source, job)
                 put(_DONE)
             except BaseException as exc:
@@ -262,6 +279,8 @@ class TranscriptionService:
     def _cancel(self, job: Job) -> None:
         job.cancelled.set()
         self.scheduler.cancel(job.key)
+        if self.front_end:
+            self.front_end.cancel(job.key)
 
     def _release(self, job: Job, completed: bool) -> None:
         with self._lock:
@@ -308,7 +327,11 @@ class TranscriptionService:
         self.metrics.diarization_seconds.observe(time.monotonic() - started)
         return result
 
-    def _chunker(self, job: Job) -> ChunkSource:
-        if self.front_end and 0 < job.audio_ms <= MAX_POOLED_AUDIO_S * 1000:
-            return self.front_end.speech_chunks
-        return local_speech_chunks
+    def _transcribe(self, job: Job, source: AudioSource) -> Iterator[Segment]:
+        """The job's segments: from a front-end process, or decoded in this thread."""
+        if self.front_end:
+            yield from self.front_end.transcribe(job.key, source, job.options, job.info)
+            return
+        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled.is_set, self.front_end_slots)
+        with self.front_end_slots:
+            yield from iter_segments(source, engine, job.options, job.info)
