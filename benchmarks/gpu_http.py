@@ -1,7 +1,7 @@
 """whisper-endpoint against vLLM's own server, through HTTP, on one GPU, in the same run.
 
     python -m benchmarks.gpu_http --data DIR --tokenizer-src DIR --checkpoint-script FILE \\
-        --system vllm-serve --system whisper-endpoint --out DIR
+        --system vllm-serve --system whisper-endpoint [--system whisper-endpoint@SRC] --out DIR
 
 whisper-large-v3's shape with dummy weights (vLLM's load_format=dummy), bf16, fp8 KV cache, 512
 sequences, on both servers. Uploads are FLAC files of real speech (LibriSpeech test-clean), each one
@@ -108,7 +108,7 @@ def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> su
         cmd += ["--gpu-memory-utilization", "0.9", "--port", str(PORT), "--served-model-name", "whisper-1"]
         cmd += system.partition(":")[2].split()
         env = dict(os.environ)
-    else:  # "whisper-endpoint" or "whisper-endpoint:NAME=VALUE,..." with settings of that variant
+    else:  # "whisper-endpoint[@SRC][:NAME=VALUE,...]": another source tree (an earlier commit's src/), settings
         cmd = [sys.executable, "-m", "whisper_endpoint", "serve", "--engine", "vllm", "--model", str(checkpoint)]
         if profile:  # sampled stacks of every thread, written at exit
             cmd[1:1] = ["-m", "benchmarks.stack_sampler", str(log.with_suffix(".stacks.txt"))]
@@ -124,6 +124,8 @@ def start(system: str, checkpoint: Path, log: Path, profile: bool = False) -> su
             "WHISPER_LOG_LEVEL": "warning",
             **dict(pair.split("=", 1) for pair in system.partition(":")[2].split(",") if pair),
         }
+        if source := system.partition(":")[0].partition("@")[2]:  # that tree first on the path
+            env["PYTHONPATH"] = os.pathsep.join([str(Path(source).resolve()), env.get("PYTHONPATH", "")])
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -237,13 +239,14 @@ def main() -> None:
     for system in args.system:
         rows += run_system(system, checkpoint, loads, args)
         (out / f"{name}.json").write_text(json.dumps(rows, indent=2))  # kept if a later system fails
-    header = ("corpus", "conc", "reqs", "err", "RTFx", "steady", "p50 s", "p95 s", "win/req", "GPU %", "system")
-    print("{:<7} {:>5} {:>5} {:>4} {:>7} {:>7} {:>6} {:>6} {:>7} {:>5} {}".format(*header))
+    header = ("corpus", "conc", "reqs", "err", "RTFx", "steady", "p50 s", "p95 s", "win/req", "GPU %", "RSS GiB")
+    print("{:<7} {:>5} {:>5} {:>4} {:>7} {:>7} {:>6} {:>6} {:>7} {:>5} {:>7} system".format(*header))
     for r in rows:
         print(
             f"{r['corpus']:<7} {r['concurrency']:>5} {r['requests']:>5} {sum(r['errors'].values()):>4} "
             f"{r['rtfx'] or 0:>7.1f} {r.get('steady_rtfx') or 0:>7.1f} {r['p50_s'] or 0:>6.2f} {r['p95_s'] or 0:>6.2f} "
-            f"{r.get('windows_per_request') or 0:>7.2f} {r.get('gpu_busy_pct') or 0:>5.0f} {r['system']}"
+            f"{r.get('windows_per_request') or 0:>7.2f} {r.get('gpu_busy_pct') or 0:>5.0f} "
+            f"{(r.get('server_peak_rss_mib') or 0) / 1024:>7.1f} {r['system']}"
         )
 
 

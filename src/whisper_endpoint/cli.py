@@ -169,6 +169,13 @@ def _limit_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # this process started before we set it
 
 
+def _one_blas_thread_in_children() -> None:
+    """numpy's BLAS on one thread in the processes the server starts, unless the operator chose: each
+    front-end process computes its requests' log-mels (a matrix product each), one process per core, and a
+    BLAS thread per core from each would oversubscribe the cores many times over."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # read as each child's numpy loads
+
+
 def _check_port(host: str, port: int) -> None:
     """A busy port fails here, in one line, before the model loads and "ready" is logged."""
     import socket
@@ -201,6 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
     check_engine(settings)
     _check_port(settings.host, settings.port)
     _limit_malloc_arenas()
+    _one_blas_thread_in_children()
     app = create_app(settings)
     serve(app, settings)
     return 0

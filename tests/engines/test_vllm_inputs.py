@@ -24,21 +24,17 @@ from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.vllm_inputs import FeatureInputs, check_window
 
 
-@dataclass
 class Tensor:
     """The part of a torch tensor the inputs use: its values and dtype."""
 
-    values: np.ndarray
-    dtype: str = "float32"
+    def __init__(self, values: np.ndarray, dtype: str = "float32") -> None:
+        self.values, self.dtype = np.array(values), dtype  # a copy, as torch.tensor makes
 
     def float(self) -> Tensor:
         return Tensor(self.values.astype(np.float32))
 
     def numpy(self) -> np.ndarray:
         return self.values
-
-    def to(self, dtype: str) -> Tensor:
-        return Tensor(self.values, dtype)
 
 
 @dataclass
@@ -63,7 +59,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
     install_modules(
         monkeypatch,
         {
-            "torch": {"from_numpy": Tensor, "finfo": lambda dtype: SimpleNamespace(eps=EPS[dtype])},
+            "torch": {"tensor": Tensor, "finfo": lambda dtype: SimpleNamespace(eps=EPS[dtype])},
             "vllm.multimodal.inputs": {
                 "MultiModalFieldElem": FieldElem,
                 "MultiModalKwargsItem": KwargsItem,
@@ -71,11 +67,6 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
             },
         },
     )
-
-
-def numpy_log_mel(samples: np.ndarray) -> Tensor:
-    """The log-mel the inputs carry, from audio/features.py (on a GPU, torch computes the same; checked at start)."""
-    return Tensor(log_mel_window(samples, 128))
 
 
 def bf16_rounded(values: np.ndarray) -> np.ndarray:
@@ -119,28 +110,30 @@ def features(built: dict[str, Any]) -> Tensor:
 def test_windows_carry_our_log_mel_and_our_prompt_exactly(engine: CTranslate2Engine, fake_vllm: None) -> None:
     tokenizer = engine.tokenizer
     # vLLM 0.26 hands over its features rounded to bf16 already: our float32 features match them
-    inputs = FeatureInputs.from_vllm(Preprocessor(bf16=True), tokenizer.sot, numpy_log_mel)
+    inputs = FeatureInputs.from_vllm(Preprocessor(bf16=True), tokenizer.sot, 128)
     assert inputs is not None
-    unrounded = FeatureInputs.from_vllm(Preprocessor(), tokenizer.sot, numpy_log_mel)
+    unrounded = FeatureInputs.from_vllm(Preprocessor(), tokenizer.sot, 128)
     assert unrounded is not None  # and the other extractor's float32 features
     audio = load_audio(AudioSource(JFK))
     previous = tokenizer.encode(" And so, my fellow Americans")
     prompt = (tokenizer.sot_prev, *previous, *tokenizer.sot_sequence("en", "transcribe", True))
-    built = inputs.build(audio, prompt)
+    log_mel = log_mel_window(audio, 128)
+    built = inputs.build(log_mel, prompt)
     decoder = built["decoder_prompt"]
     assert decoder["prompt_token_ids"] == list(prompt)  # no <|startoftranscript|> put before <|startofprev|>
-    assert np.array_equal(features(built).values, log_mel_window(audio, 128))
+    assert np.array_equal(features(built).values, log_mel)
     assert features(built).dtype == "bfloat16"  # in the dtype vLLM's own come in
-    assert features(unrounded.build(audio, prompt)).dtype == "float32"
+    assert features(unrounded.build(log_mel, prompt)).dtype == "float32"
     assert (
         decoder["mm_kwargs"]["audio"][0]["input_features"].field == "batched over windows"
     )  # batched as vLLM batches its own
     assert built["encoder_prompt"] == {"type": "token", "prompt_token_ids": [0] * 1500}
     assert decoder["mm_placeholders"] == {"audio": ["positions 0 to 1500"]}
     assert "arrival_time" not in built  # vLLM stamps each window when it takes it
-    again = inputs.build(audio, prompt)["decoder_prompt"]["mm_hashes"]["audio"]
+    again = inputs.build(log_mel, prompt)["decoder_prompt"]["mm_hashes"]["audio"]
     assert again != decoder["mm_hashes"]["audio"]  # vLLM keeps encoder outputs by it: one per window
-    assert inputs.build(check_window(), (tokenizer.sot,))["decoder_prompt"]["prompt_token_ids"] == [tokenizer.sot]
+    check = inputs.build(log_mel_window(check_window(), 128), (tokenizer.sot,))
+    assert check["decoder_prompt"]["prompt_token_ids"] == [tokenizer.sot]
 
 
 @pytest.mark.parametrize(
@@ -153,5 +146,5 @@ def test_features_unlike_vllms_keep_its_own_processing(
 ) -> None:
     tokenizer = engine.tokenizer
     with caplog.at_level("WARNING", logger="whisper_endpoint.engines.vllm_inputs"):
-        assert FeatureInputs.from_vllm(preprocessor, tokenizer.sot, numpy_log_mel) is None
+        assert FeatureInputs.from_vllm(preprocessor, tokenizer.sot, 128) is None
     assert "vLLM computes the log-mel" in caplog.text

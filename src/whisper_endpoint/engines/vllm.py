@@ -1,7 +1,7 @@
 """The GPU engine: Whisper on vLLM (bf16 compute, fp8 KV cache, torch.compile, CUDA graphs).
 
-Each window's log-mel is computed from its samples in the calling thread and handed to vLLM as its processed
-input (`vllm_inputs`); decoder prompts are built by our tokenizer (`<|startofprev|>`, the SOT sequence,
+Each window's log-mel is computed by the caller (the front-end process that owns the request) and handed to vLLM
+as its processed input (`vllm_inputs`); decoder prompts are built by our tokenizer (`<|startofprev|>`, the SOT sequence,
 timestamps on), and generated timestamp tokens come back raw, sampled under Whisper's decoding rules (a logits
 processor, `vllm_rules`). Windows go to vLLM through one driver thread (`vllm_driver`): continuous batching across
 requests. What vLLM loads of ours (model class, attention backend, rules, scheduler) is named in `vllm_plugin`.
@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from whisper_endpoint.audio.features import log_mel_window
 from whisper_endpoint.config import Settings
 from whisper_endpoint.convert import convert
 from whisper_endpoint.decoding.rules import ARGS_KEY, RuleTokens, WindowRules, rules_args
@@ -34,7 +35,7 @@ from whisper_endpoint.engines.base import (
     sampling_seed,
 )
 from whisper_endpoint.engines.vllm_driver import EngineDriver
-from whisper_endpoint.engines.vllm_inputs import FeatureInputs, audio_prompt, check_window, torch_log_mel
+from whisper_endpoint.engines.vllm_inputs import FeatureInputs, audio_prompt, check_window
 from whisper_endpoint.engines.vllm_plugin import plugin_args, register
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
 from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
@@ -201,10 +202,9 @@ def model_suppress_tokens(folder: Path) -> tuple[int, ...]:
 
 def _one_cpu_thread_for_torch() -> None:
     """torch's CPU kernels on one thread, in this process and in vLLM's engine core (which inherits the
-    variable, or the setting when forked), unless OMP_NUM_THREADS is set already. Here, the log-mel runs
-    in many request threads at once, and each spreading over every core would oversubscribe them. In the
-    engine core, stacking each step's log-mel windows into one batch with a thread per core took a third of
-    its time (py-spy); one thread made the engine 16 to 31 % faster (docs/history/benchmarks-2026-11.md)."""
+    variable, or the setting when forked), unless OMP_NUM_THREADS is set already. In the engine core,
+    stacking each step's log-mel windows into one batch with a thread per core took a third of its time
+    (py-spy); one thread made the engine 16 to 31 % faster (docs/history/benchmarks-2026-11.md)."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     os.environ["OMP_NUM_THREADS"] = "1"  # read when torch is first imported, and by processes vLLM spawns
@@ -288,7 +288,7 @@ class VllmEngine:
         token_logprobs=True,
         language_detection=True,
         beam_search=False,
-        log_mel_input=False,
+        log_mel_input=True,  # False where our log-mel fails its check against vLLM's at start
         continuous_batching=True,
     )
 
@@ -324,20 +324,23 @@ class VllmEngine:
         self._use_feature_inputs(llm.llm_engine.input_processor.input_preprocessor)
 
     def _use_feature_inputs(self, preprocessor: Any) -> None:
-        """Windows with our log-mel from now on, where it matches vLLM's and a window so made decodes."""
-        self._inputs = FeatureInputs.from_vllm(preprocessor, self.tokenizer.sot, torch_log_mel(self.n_mels))
+        """Windows with our log-mel from now on (callers compute it), where it matches vLLM's and a window so
+        made decodes; else callers send samples and vLLM computes its own."""
+        self._inputs = FeatureInputs.from_vllm(preprocessor, self.tokenizer.sot, self.n_mels)
+        if self._inputs is not None:
+            samples = check_window()
+            try:
+                self.detect_language([WindowInput(log_mel_window(samples, self.n_mels), (), 30_000)])
+            except Exception:
+                log.warning("a window with our log-mel failed in vLLM; vLLM computes the log-mel", exc_info=True)
+                self._inputs = None
         if self._inputs is None:
-            return
-        try:
-            self.detect_language([WindowInput(None, (), 30_000, check_window())])
-        except Exception:
-            log.warning("a window with our log-mel failed in vLLM; vLLM computes the log-mel", exc_info=True)
-            self._inputs = None
+            self.capabilities = replace(self.capabilities, log_mel_input=False)
 
     def _engine_input(self, window: WindowInput) -> dict[str, Any]:
-        if self._inputs is None or window.samples is None:
-            return engine_prompt(window)
-        return self._inputs.build(window.samples, window.prompt)
+        if self._inputs is not None and window.features is not None:
+            return self._inputs.build(window.features, window.prompt)
+        return engine_prompt(window)
 
     def _submit(self, windows: Sequence[WindowInput], kwargs: Sequence[dict[str, Any]]) -> list[Any]:
         from vllm import SamplingParams
@@ -392,7 +395,7 @@ class VllmEngine:
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
         allowed = list(self.tokenizer.language_tokens.values())
         kwargs = {"temperature": 0.0, "max_tokens": 1, "logprobs": LANGUAGE_TOP_K, "allowed_token_ids": allowed}
-        prompts = [WindowInput(None, (self.tokenizer.sot,), w.duration_ms, w.samples) for w in windows]
+        prompts = [WindowInput(w.features, (self.tokenizer.sot,), w.duration_ms, w.samples) for w in windows]
         outputs = self._submit(prompts, [kwargs] * len(prompts))
         return [language_probabilities(o.outputs[0].logprobs, self.tokenizer) for o in outputs]
 

@@ -5,9 +5,10 @@ a tokenizer call on the empty encoder text, a hash of the window's samples, the 
 encoder's placeholder positions. Much of that is Python, holding the engine process's interpreter lock for
 milliseconds a window, and that lock is shared with the one thread that steps vLLM (py-spy put 42 % of that
 process's samples there, docs/history). Here vLLM's processor runs once at start, on a check window;
-every window then reuses its encoder placeholders and carries our log-mel (torch, which leaves the lock in
-its FFT and matrix product), in the dtype vLLM's own features come in. Through HTTP on one H100: 1,996x
-against 1,770x with vLLM's processing, in one command; WER unchanged (docs/history/benchmarks-2026-11.md).
+every window then reuses its encoder placeholders and carries our log-mel (audio/features.py, computed by the
+front-end process that owns the request), in the dtype vLLM's own features come in. Through HTTP on one H100,
+with the log-mel then computed in the engine process: 1,996x against 1,770x with vLLM's processing, in one
+command; WER unchanged (docs/history/benchmarks-2026-11.md).
 
 Our features are checked against vLLM's own for that window; a difference beyond rounding, or a vLLM whose
 processed inputs have another shape, keeps vLLM's own processing (with a warning). Decoder prompts go as our
@@ -18,22 +19,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.audio.features import (
-    HOP_LENGTH,
-    LOG_RANGE,
-    LOG_SHIFT,
-    N_FFT,
-    POWER_FLOOR,
-    WINDOW_SAMPLES,
-    mel_filters,
-)
+from whisper_endpoint.audio.features import WINDOW_SAMPLES, log_mel_window
 
 log = logging.getLogger(__name__)
 
@@ -66,38 +59,17 @@ def features_of(processed: dict[str, Any]) -> Any:
     return processed["decoder_prompt"]["mm_kwargs"][MODALITY][0][FEATURE_KEY]
 
 
-def torch_log_mel(n_mels: int) -> Callable[[np.ndarray], Any]:
-    """Our log-mel (audio/features.py: the same filters, window and scaling) computed by torch, on the one thread
-    torch has here. numpy's matrix product starts a BLAS thread per core from each calling thread at once:
-    measured through HTTP, the engine process then kept 10 cores busy and fed vLLM 60 % as many windows."""
-    import torch
-
-    filters = torch.from_numpy(mel_filters(n_mels))
-    window = torch.hann_window(N_FFT)
-
-    def extract(samples: np.ndarray) -> Any:
-        audio = torch.zeros(WINDOW_SAMPLES)
-        audio.numpy()[: len(samples)] = samples  # through numpy: `samples` may be a read-only view of a message
-        power = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)[..., :-1].abs() ** 2
-        log_spec = torch.clamp(filters @ power, min=POWER_FLOOR).log10()
-        log_spec = torch.maximum(log_spec, log_spec.max() - LOG_RANGE)
-        return (log_spec + LOG_SHIFT) / LOG_SHIFT
-
-    return extract
-
-
 @dataclass(frozen=True)
 class FeatureInputs:
     """Processed inputs for windows with the log-mel `extract` computes, made from vLLM's processing of a window."""
 
     template: dict[str, Any]  # vLLM's processed input (its EncoderDecoderInput) of the check window
     field: Any  # how vLLM batches the features of several windows
-    extract: Callable[[np.ndarray], Any]  # a window's samples to its log-mel, a float32 torch tensor
     dtype: Any  # the torch dtype vLLM's own processing hands features over in (0.26: bf16, the encoder's)
 
     @classmethod
-    def from_vllm(cls, preprocessor: Any, sot: int, extract: Callable[[np.ndarray], Any]) -> FeatureInputs | None:
-        """Ours, if `extract` gives the check window vLLM's features (`preprocessor`: its input preprocessor)."""
+    def from_vllm(cls, preprocessor: Any, sot: int, n_mels: int) -> FeatureInputs | None:
+        """Ours, if our log-mel of the check window is vLLM's (`preprocessor`: its input preprocessor)."""
         import torch
 
         samples = check_window()
@@ -110,7 +82,7 @@ class FeatureInputs:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             log.warning("vLLM's processed inputs have a shape we do not know (%r); vLLM computes the log-mel", exc)
             return None
-        ours = extract(samples).numpy()
+        ours = log_mel_window(samples, n_mels)
         difference = float(np.abs(theirs - ours).max()) if theirs.shape == ours.shape else float("inf")
         if difference > MAX_FEATURE_DIFFERENCE + resolution * float(np.abs(theirs).max()) / 2:
             log.warning(
@@ -122,14 +94,15 @@ class FeatureInputs:
             return None
         log.info("log-mel computed by the caller: largest difference from vLLM's own %.1e", difference)
         template.pop("arrival_time", None)  # each window's own, set when vLLM takes it
-        return cls(template, field, extract, dtype)
+        return cls(template, field, dtype)
 
-    def build(self, samples: np.ndarray, prompt: Sequence[int]) -> dict[str, Any]:
-        """vLLM's processed input for one window: our log-mel of `samples`, our decoder tokens."""
+    def build(self, features: np.ndarray, prompt: Sequence[int]) -> dict[str, Any]:
+        """vLLM's processed input for one window: its log-mel (ours, [n_mels, 3000]), our decoder tokens."""
+        import torch
         from vllm.multimodal.inputs import MultiModalFieldElem, MultiModalKwargsItem, MultiModalKwargsItems
 
-        features = self.extract(samples).to(self.dtype)
-        item = MultiModalKwargsItem({FEATURE_KEY: MultiModalFieldElem(data=features, field=self.field)})
+        data = torch.tensor(features, dtype=self.dtype)
+        item = MultiModalKwargsItem({FEATURE_KEY: MultiModalFieldElem(data=data, field=self.field)})
         key = uuid.uuid4().hex  # vLLM keeps encoder outputs by it: every window its own
         decoder = {
             **self.template["decoder_prompt"],

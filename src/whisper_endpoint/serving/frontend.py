@@ -76,11 +76,18 @@ class _RequestEngine(DescribedEngine):
         finally:
             self._slot.acquire()
 
+    def _sent(self, windows: Sequence[WindowInput]) -> list[WindowInput]:
+        """Windows as they travel: an engine that batches on its own (nothing packs windows in front of it)
+        and takes our log-mel needs no samples, which would be most of the bytes."""
+        if not (self.capabilities.continuous_batching and self.capabilities.log_mel_input):
+            return list(windows)
+        return [replace(w, samples=None) if w.features is not None else w for w in windows]
+
     def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
-        return self._waiting(lambda: self._engine.generate(windows, options))
+        return self._waiting(lambda: self._engine.generate(self._sent(windows), options))
 
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
-        return self._waiting(lambda: self._engine.detect_language(windows))
+        return self._waiting(lambda: self._engine.detect_language(self._sent(windows)))
 
     def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
         return self._waiting(lambda: self._engine.align(items)) if items else []
