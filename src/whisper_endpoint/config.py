@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     front_end_processes: int = Field(
         -1,
         ge=-1,
-        description="Worker processes that decode uploads and cut them at silences (batched strategy, up to "
-        "30 min of audio): -1 = one per core with an engine that batches on its own (vLLM), none otherwise.",
+        description="Front-end processes, each of which runs the requests it is given (decode, VAD, log-mel, "
+        "the long-form algorithm) and calls the engine itself: -1 = one per core with an engine that batches on "
+        "its own (vLLM), none otherwise (requests then run in the server's threads).",
     )
 
     # vLLM engine (GPU)

@@ -8,7 +8,7 @@ from tests.datasets import DATA
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.chunking import iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
-from whisper_endpoint.audio.features import WINDOW_SAMPLES, log_mel_window
+from whisper_endpoint.audio.features import WINDOW_SAMPLES, bf16_bits, log_mel_window
 from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
 
 
@@ -19,6 +19,19 @@ def test_log_mel_matches_faster_whisper() -> None:
     ours = log_mel_window(audio, 80)
     assert ours.shape == (80, 3000)
     assert np.abs(ours - reference).max() < 1e-4
+
+
+def test_bf16_bits_are_the_nearest_bfloat16_ties_to_even() -> None:
+    log_mel = log_mel_window(load_audio(AudioSource(JFK))[: 10 * SAMPLE_RATE], 128)
+    values = np.concatenate([log_mel.ravel(), np.float32([1.0, -2.5, 0.0, 1 + 2**-8, 1 + 3 * 2**-8])])
+    bits = bf16_bits(values)
+    assert bits.dtype == np.uint16 and bits.shape == values.shape
+    rounded = (bits.astype(np.uint32) << 16).view(np.float32)
+    # bf16 keeps 8 significant bits: the nearest such value is within half a step (2**-8 of the exponent's power)
+    step = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(values), 2**-126))) - 7)
+    assert np.all(np.abs(rounded - values) <= step / 2)
+    assert list(rounded[-5:]) == [1.0, -2.5, 0.0, 1.0, 1 + 2**-6]  # ties to the even neighbour, both ways
+    assert np.abs(rounded - values).max() > 0  # it does round
 
 
 def test_chunks_are_short_ordered_and_absolute() -> None:

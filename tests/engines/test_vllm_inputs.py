@@ -19,7 +19,7 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from tests.conftest import JFK
 from tests.engines.stand_ins import install_modules
 from whisper_endpoint.audio.decode import AudioSource, load_audio
-from whisper_endpoint.audio.features import WINDOW_FRAMES, WINDOW_SAMPLES, log_mel_window
+from whisper_endpoint.audio.features import WINDOW_FRAMES, WINDOW_SAMPLES, bf16_bits, log_mel_window
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.vllm_inputs import FeatureInputs, check_window
 
@@ -35,6 +35,14 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         return self.values
+
+    def view(self, dtype: str) -> Tensor:
+        """int16 bits seen as bfloat16: their float32 values (bf16 is float32's upper half)."""
+        assert dtype == "bfloat16" and self.values.dtype == np.int16
+        return Tensor((self.values.view(np.uint16).astype(np.uint32) << 16).view(np.float32), dtype)
+
+    def to(self, dtype: str) -> Tensor:
+        return Tensor(self.values, dtype)
 
 
 @dataclass
@@ -59,7 +67,12 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
     install_modules(
         monkeypatch,
         {
-            "torch": {"tensor": Tensor, "finfo": lambda dtype: SimpleNamespace(eps=EPS[dtype])},
+            "torch": {
+                "tensor": Tensor,
+                "from_numpy": Tensor,
+                "bfloat16": "bfloat16",
+                "finfo": lambda dtype: SimpleNamespace(eps=EPS[dtype]),
+            },
             "vllm.multimodal.inputs": {
                 "MultiModalFieldElem": FieldElem,
                 "MultiModalKwargsItem": KwargsItem,
@@ -124,6 +137,9 @@ def test_windows_carry_our_log_mel_and_our_prompt_exactly(engine: CTranslate2Eng
     assert np.array_equal(features(built).values, log_mel)
     assert features(built).dtype == "bfloat16"  # in the dtype vLLM's own come in
     assert features(unrounded.build(log_mel, prompt)).dtype == "float32"
+    # bfloat16's bits as a front-end process sends them: the same values vLLM's bf16 features would hold
+    as_bits = features(inputs.build(bf16_bits(log_mel), prompt))
+    assert as_bits.dtype == "bfloat16" and np.array_equal(as_bits.values, bf16_rounded(log_mel))
     assert (
         decoder["mm_kwargs"]["audio"][0]["input_features"].field == "batched over windows"
     )  # batched as vLLM batches its own

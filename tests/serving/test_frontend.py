@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from whisper_endpoint.audio.decode import AudioSource, load_audio
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import RunInfo, transcribe
-from whisper_endpoint.engines.base import Engine
+from whisper_endpoint.engines.base import DescribedEngine, Engine, EngineDescription
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.process import EngineListener, engine_handler
 from whisper_endpoint.errors import AudioDecodeError, CancelledRequestError, EngineFailedError, ShuttingDownError
@@ -146,6 +147,29 @@ def test_server_with_front_end_processes_gives_the_same_text(
         # Not to the letter: a window that falls back to a temperature above 0 is sampled at random (the long
         # clip's last window does, seen giving "And" once and "and uh..." once)
         assert wer([text], [text_in_workers]) <= 0.05, (path.name, text, text_in_workers)
+
+
+def test_an_engine_that_batches_on_its_own_gets_the_log_mel_in_bf16_and_no_samples(
+    tiny_engine: CTranslate2Engine,
+) -> None:
+    arrived: list[tuple[object, bool]] = []
+
+    def call(method: str, args: tuple[Any, ...]) -> Any:
+        arrived.extend((w.features.dtype, w.samples is None) for w in args[0])
+        as_float32 = [replace(w, features=(w.features.astype(np.uint32) << 16).view(np.float32)) for w in args[0]]
+        return getattr(tiny_engine, method)(as_float32, *args[1:])
+
+    capabilities = replace(tiny_engine.capabilities, continuous_batching=True, log_mel_bf16=True)
+    batching = replace(EngineDescription.of(tiny_engine), capabilities=capabilities)
+    endpoint = _Served(tiny_engine, call)
+    pool = FrontEndProcesses(1, [endpoint.listener.address], DescribedEngine(batching))  # type: ignore[arg-type]
+    try:
+        text = " ".join(s.text for s in _run(pool, AudioSource(JFK)))
+    finally:
+        pool.close()
+        endpoint.close()
+    assert arrived and all(dtype == np.uint16 and no_samples for dtype, no_samples in arrived)
+    assert english_normalizer()(text) == english_normalizer()(JFK_TEXT)
 
 
 def test_errors_keep_their_param_and_code_across_processes() -> None:

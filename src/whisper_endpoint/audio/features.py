@@ -77,3 +77,11 @@ def log_mel_window(samples: np.ndarray, n_mels: int = 80) -> np.ndarray:
     log_spec = np.maximum(log_spec, log_spec.max() - LOG_RANGE)
     result: np.ndarray = ((log_spec + LOG_SHIFT) / LOG_SHIFT).astype(np.float32)
     return result
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 `values` rounded to bfloat16 (to nearest, ties to even, as torch converts), kept as their 16 bits
+    (numpy has no bfloat16): what an engine computing in bf16 takes, in half the bytes of float32."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return rounded.astype(np.uint16)

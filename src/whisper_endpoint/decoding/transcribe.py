@@ -12,7 +12,7 @@ import numpy as np
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.chunking import AudioChunk, iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio
-from whisper_endpoint.audio.features import HOP_LENGTH, WINDOW_SAMPLES, log_mel_window
+from whisper_endpoint.audio.features import HOP_LENGTH, WINDOW_SAMPLES, bf16_bits, log_mel_window
 from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
 from whisper_endpoint.decoding.fallback import Decoded, TimedTokens, decode_with_fallback, split_timestamps
 from whisper_endpoint.decoding.options import MAX_PROMPT_TOKENS, DecodeOptions
@@ -147,7 +147,8 @@ def _features(engine: Engine, samples: np.ndarray) -> np.ndarray | None:
     """Our log-mel of a window, or None for an engine that computes its own from the samples."""
     if not engine.capabilities.log_mel_input:
         return None
-    return log_mel_window(samples, engine.n_mels)
+    features = log_mel_window(samples, engine.n_mels)
+    return bf16_bits(features) if engine.capabilities.log_mel_bf16 else features
 
 
 def _detect_language(ctx: _Context, features: np.ndarray | None, samples: np.ndarray) -> None:

@@ -25,6 +25,7 @@ class Capabilities:
     language_detection: bool = True
     beam_search: bool = True
     log_mel_input: bool = True  # False: the engine computes its own features from the samples
+    log_mel_bf16: bool = False  # True: the log-mel travels rounded to bfloat16, as its bits (audio/features.bf16_bits)
     continuous_batching: bool = False  # True: concurrent calls join one running batch inside the engine
 
 

@@ -336,6 +336,8 @@ class VllmEngine:
                 self._inputs = None
         if self._inputs is None:
             self.capabilities = replace(self.capabilities, log_mel_input=False)
+        elif self._inputs.bf16:  # the features vLLM would have made: callers send them in half the bytes
+            self.capabilities = replace(self.capabilities, log_mel_bf16=True)
 
     def _engine_input(self, window: WindowInput) -> dict[str, Any]:
         if self._inputs is not None and window.features is not None:

@@ -67,6 +67,12 @@ class FeatureInputs:
     field: Any  # how vLLM batches the features of several windows
     dtype: Any  # the torch dtype vLLM's own processing hands features over in (0.26: bf16, the encoder's)
 
+    @property
+    def bf16(self) -> bool:
+        import torch
+
+        return bool(self.dtype == torch.bfloat16)
+
     @classmethod
     def from_vllm(cls, preprocessor: Any, sot: int, n_mels: int) -> FeatureInputs | None:
         """Ours, if our log-mel of the check window is vLLM's (`preprocessor`: its input preprocessor)."""
@@ -97,11 +103,15 @@ class FeatureInputs:
         return cls(template, field, dtype)
 
     def build(self, features: np.ndarray, prompt: Sequence[int]) -> dict[str, Any]:
-        """vLLM's processed input for one window: its log-mel (ours, [n_mels, 3000]), our decoder tokens."""
+        """vLLM's processed input for one window: its log-mel (ours, [n_mels, 3000], float32 or bfloat16's bits),
+        our decoder tokens."""
         import torch
         from vllm.multimodal.inputs import MultiModalFieldElem, MultiModalKwargsItem, MultiModalKwargsItems
 
-        data = torch.tensor(features, dtype=self.dtype)
+        if features.dtype == np.uint16:  # bfloat16's bits (audio/features.bf16_bits): no copy, no rounding here
+            data = torch.from_numpy(features.view(np.int16)).view(torch.bfloat16).to(self.dtype)
+        else:
+            data = torch.tensor(features, dtype=self.dtype)
         item = MultiModalKwargsItem({FEATURE_KEY: MultiModalFieldElem(data=data, field=self.field)})
         key = uuid.uuid4().hex  # vLLM keeps encoder outputs by it: every window its own
         decoder = {
