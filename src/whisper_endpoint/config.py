@@ -56,7 +56,12 @@ class Settings(BaseSettings):
     metrics_replica: str | None = Field(
         None, description="A replica label on every metric (set per replica by the Ray Serve deployment)."
     )
-    worker_threads: int = Field(0, ge=0, description="Requests decoding audio at once; 0 = cores.")
+    worker_threads: int = Field(
+        0,
+        ge=0,
+        description="Requests decoding audio at once in the server's threads (no front-end processes, live "
+        "turns); 0 = cores.",
+    )
     front_end_processes: int = Field(
         -1,
         ge=-1,
