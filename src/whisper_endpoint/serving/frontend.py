@@ -19,7 +19,7 @@ import logging
 import queue
 import signal
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -27,19 +27,11 @@ from typing import Any
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments
-from whisper_endpoint.engines.base import (
-    AlignInput,
-    Alignment,
-    DescribedEngine,
-    Engine,
-    EngineDescription,
-    Generation,
-    SamplingOptions,
-    WindowInput,
-)
+from whisper_endpoint.engines.base import Engine, EngineDescription, SamplingOptions
 from whisper_endpoint.errors import AudioDecodeError, CancelledRequestError, EngineFailedError, ShuttingDownError
 from whisper_endpoint.formats.transcript import Segment
 from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
+from whisper_endpoint.serving.scheduler import RequestEngine, Run, run_on
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +49,19 @@ def _connect(addresses: Sequence[str], description: EngineDescription) -> Engine
     return engines[0] if len(engines) == 1 else EnginePool(engines)
 
 
-class _RequestEngine(DescribedEngine):
-    """One request's view of the worker's engine: a cancelled request calls it no more, and a thread waiting
-    for it lets another do front-end work meanwhile."""
+def _sent(engine: Engine) -> Run:
+    """Calls of the worker's engine, windows as they travel: an engine that batches on its own (nothing packs
+    windows in front of it) and takes our log-mel needs no samples, which would be most of the bytes."""
+    run = run_on(engine)
+    if not (engine.capabilities.continuous_batching and engine.capabilities.log_mel_input):
+        return run
 
-    def __init__(self, engine: Engine, cancelled: threading.Event, slot: threading.Semaphore) -> None:
-        super().__init__(EngineDescription.of(engine))
-        self._engine = engine
-        self._cancelled = cancelled
-        self._slot = slot
+    def without_samples(kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+        if kind != "align":
+            items = [replace(w, samples=None) if w.features is not None else w for w in items]
+        return run(kind, items, options)
 
-    def _waiting(self, call: Callable[[], list[Any]]) -> list[Any]:
-        if self._cancelled.is_set():
-            raise CancelledRequestError("request cancelled")
-        self._slot.release()
-        try:
-            return call()
-        finally:
-            self._slot.acquire()
-
-    def _sent(self, windows: Sequence[WindowInput]) -> list[WindowInput]:
-        """Windows as they travel: an engine that batches on its own (nothing packs windows in front of it)
-        and takes our log-mel needs no samples, which would be most of the bytes."""
-        if not (self.capabilities.continuous_batching and self.capabilities.log_mel_input):
-            return list(windows)
-        return [replace(w, samples=None) if w.features is not None else w for w in windows]
-
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
-        return self._waiting(lambda: self._engine.generate(self._sent(windows), options))
-
-    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
-        return self._waiting(lambda: self._engine.detect_language(self._sent(windows)))
-
-    def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
-        return self._waiting(lambda: self._engine.align(items)) if items else []
-
-    def close(self) -> None:
-        pass
+    return without_samples
 
 
 def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDescription) -> None:
@@ -111,6 +79,7 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
         return
     conn.send(("ready", None))
     sender = BatchingSender(conn, "front-end-replies", MAX_ITEMS_PER_MESSAGE)
+    calls = _sent(engine)
     cancelled: dict[str, threading.Event] = {}
     front_end = threading.BoundedSemaphore(1)  # one interpreter: one request's front-end work at a time
 
@@ -126,7 +95,8 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
         info.on_decoded = decoded
         try:
             with front_end:
-                for segment in iter_segments(source, _RequestEngine(engine, stop, front_end), options, info):
+                request_engine = RequestEngine(description, calls, stop.is_set, front_end)
+                for segment in iter_segments(source, request_engine, options, info):
                     sender.put((key, "segment", segment))
             sender.put((key, "done", replace(info, on_decoded=None)))
         except BaseException as exc:

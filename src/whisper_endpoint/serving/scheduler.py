@@ -188,37 +188,34 @@ class Scheduler:
         return list(self.engine.align(items))
 
 
-class ScheduledEngine(DescribedEngine):
-    """The Engine interface for one request, backed by the shared scheduler."""
+Run = Callable[[str, Sequence[Any], SamplingOptions | None], list[Any]]  # (kind, items, options) -> results
+
+
+class RequestEngine(DescribedEngine):
+    """The Engine interface for one request, over `run(kind, items, options)`: nothing more is run once the
+    request is cancelled, and a thread that waits here gives its front-end slot (decode, VAD, log-mel) to
+    another meanwhile."""
 
     def __init__(
         self,
-        scheduler: Scheduler,
-        request_key: str,
+        description: EngineDescription,
+        run: Run,
         cancelled: Callable[[], bool],
         front_end_slot: threading.Semaphore | None = None,
     ) -> None:
-        super().__init__(EngineDescription.of(scheduler.engine))
-        self._scheduler = scheduler
-        self._request_key = request_key
+        super().__init__(description)
+        self._run = run
         self._cancelled = cancelled
         self._slot = front_end_slot
 
     def _call(self, kind: str, items: Sequence[Any], options: SamplingOptions | None = None) -> list[Any]:
         if self._cancelled():
             raise CancelledRequestError("request cancelled")
-        if self.capabilities.continuous_batching:
-            return self._waiting(lambda: self._scheduler.run_now(kind, items, options))
-        future = self._scheduler.submit(self._request_key, kind, items, options)
-        return self._waiting(future.result)
-
-    def _waiting(self, wait: Callable[[], list[Any]]) -> list[Any]:
-        # The calling thread holds a front-end slot; while it only waits for the engine, another may work.
         if self._slot is None:
-            return wait()
+            return self._run(kind, items, options)
         self._slot.release()
         try:
-            return wait()
+            return self._run(kind, items, options)
         finally:
             self._slot.acquire()
 
@@ -230,6 +227,43 @@ class ScheduledEngine(DescribedEngine):
 
     def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
         return self._call("align", items) if items else []
+
+    def close(self) -> None:
+        pass
+
+
+def run_on(engine: Engine) -> Run:
+    """Calls of an engine's own methods."""
+
+    def run(kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+        if kind == "generate":
+            assert options is not None
+            return list(engine.generate(items, options))
+        return list(engine.detect_language(items) if kind == "detect" else engine.align(items))
+
+    return run
+
+
+class ScheduledEngine(RequestEngine):
+    """One request's view of the shared scheduler (its key names its queue), or of the engine straight
+    from this thread when the engine batches concurrent calls itself."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        request_key: str,
+        cancelled: Callable[[], bool],
+        front_end_slot: threading.Semaphore | None = None,
+    ) -> None:
+        description = EngineDescription.of(scheduler.engine)
+        super().__init__(description, self._scheduled, cancelled, front_end_slot)
+        self._scheduler = scheduler
+        self._request_key = request_key
+
+    def _scheduled(self, kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+        if self.capabilities.continuous_batching:
+            return self._scheduler.run_now(kind, items, options)
+        return self._scheduler.submit(self._request_key, kind, items, options).result()
 
     def close(self) -> None:
         self._scheduler.cancel(self._request_key)
