@@ -45,7 +45,7 @@ EngineFactory = Callable[[Settings], Engine]  # a module-level function, so the 
 CallHandler = Callable[[str, tuple[Any, ...]], Any]  # (method, arguments) -> the engine's result
 MAX_CONCURRENT_CALLS = 1024  # one thread per call: a call mostly waits for its windows in the engine
 MAX_WINDOWS_PER_MESSAGE = 16  # a large call goes in parts, so the engine starts on the first while the rest travel
-MAX_CALLS_PER_MESSAGE = 8  # calls queued together travel as one message (up to 8 x 16 windows of 1.9 MB)
+MAX_CALLS_PER_MESSAGE = 8  # calls queued together travel as one message (up to 8 x 16 windows)
 MAX_REPLIES_PER_MESSAGE = 256  # replies are tokens and scores: small
 CLOSE_TIMEOUT_S = 60.0
 
