@@ -286,11 +286,14 @@ def test_a_dead_worker_is_replaced_and_an_upload_that_kills_twice_is_a_400(
 def test_requests_beside_one_that_kills_the_worker_start_again_elsewhere(
     tiny_engine: CTranslate2Engine,
 ) -> None:
-    arrived, go_on = threading.Semaphore(0), threading.Event()
+    arrived = threading.Event()
+    generated: list[int] = []
 
     def call(method: str, args: tuple[Any, ...]) -> Any:
-        arrived.release()
-        go_on.wait(30)
+        generated.append(len(args[0]))
+        if not arrived.is_set():  # the first call waits until its worker is dead
+            arrived.set()
+            time.sleep(1.0)
         return getattr(tiny_engine, method)(*args)
 
     endpoint = _Served(tiny_engine, call)
@@ -298,13 +301,12 @@ def test_requests_beside_one_that_kills_the_worker_start_again_elsewhere(
     try:
         with ThreadPoolExecutor(1) as requests:
             innocent = requests.submit(_run, pool, AudioSource(JFK), "innocent")
-            assert arrived.acquire(timeout=30)  # it waits for the engine in the worker
+            assert arrived.wait(timeout=30)  # it waits for the engine in the worker
             with pytest.raises(AudioDecodeError, match="crashed"):
                 _run(pool, _ExitsOnArrival(), "crasher")  # type: ignore[arg-type]
-            go_on.set()
             texts = [s.text for s in innocent.result(timeout=60)]
         assert english_normalizer()(" ".join(texts)) == english_normalizer()(JFK_TEXT)
+        assert generated == [1, 1]  # JFK's one window: in the worker that died, then again alone
     finally:
-        go_on.set()
         pool.close()
         endpoint.close()
