@@ -34,11 +34,14 @@ HEAD_TIMEOUT_S = 2
 MAX_CONNECTIONS = 16
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["0", "2"], ids=["in-thread", "front-end-processes"])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """Requests run in the server's threads (CTranslate2's default), or in front-end processes that own them
+    (vLLM's default, here with the CTranslate2 engine in the server process)."""
     spool = tmp_path_factory.mktemp("spool")
     with server_process(
         spool,
+        front_end_processes=request.param,
         max_inflight_requests=str(MAX_INFLIGHT),
         max_audio_duration_s=str(MAX_AUDIO_S),
         header_timeout_s=str(HEAD_TIMEOUT_S),

@@ -16,10 +16,8 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +36,7 @@ from whisper_endpoint.engines.base import (
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
 from whisper_endpoint.ipc import PEER_GONE, BatchingSender, MessageSocket, picklable, spawn_child
+from whisper_endpoint.serving.spool import create_spool
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +80,13 @@ def answer_calls(conn: MessageSocket, call: CallHandler, calls: ThreadPoolExecut
 
 
 class EngineListener:
-    """Answers calls from other processes (the front-end processes) on a Unix socket in a directory of its
-    own that only this user may enter: whoever connects may have anything unpickled here."""
+    """Answers calls from other processes (the front-end processes) on a Unix socket in a folder of its own
+    that only this user may enter (whoever connects may have anything unpickled here): a spool folder, so a
+    process killed before it could remove it has it removed by the next server to start."""
 
     def __init__(self, call: CallHandler, calls: ThreadPoolExecutor) -> None:
-        self._dir = tempfile.mkdtemp(prefix="whisper-engine-")  # mode 0700
-        self.address = os.path.join(self._dir, "engine.sock")
+        self._folder = create_spool()  # mode 0700, locked while this process lives
+        self.address = str(self._folder.path / "engine.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(self.address)
         self._sock.listen()
@@ -110,7 +110,7 @@ class EngineListener:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._folder.close()
 
 
 def engine_handler(engine: Engine) -> CallHandler:
