@@ -120,8 +120,8 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
                     stop.set()
         for stop in list(cancelled.values()):
             stop.set()
+        engine.close()  # calls still waiting for the engine fail now, so their threads end
     sender.close()
-    engine.close()
 
 
 _DIED = "died"
@@ -141,7 +141,7 @@ class _Worker:
             if status == "failed":
                 raise EngineFailedError(f"a front-end process could not reach the engine: {payload}")
         except BaseException:
-            self._end_process()
+            self.end_process()
             raise
         self.sender = BatchingSender(self.conn, "front-end-requests", MAX_ITEMS_PER_MESSAGE)
         threading.Thread(target=self._receive, name="front-end-replies", daemon=True).start()
@@ -190,10 +190,13 @@ class _Worker:
         return len(self.jobs)
 
     def stop(self) -> None:
-        self.sender.close(None)  # what is queued, then the stop
-        self._end_process()
+        self.ask_to_stop()
+        self.end_process()
 
-    def _end_process(self) -> None:
+    def ask_to_stop(self) -> None:
+        self.sender.close(None)  # what is queued, then the stop
+
+    def end_process(self) -> None:
         self.process.join(timeout=STOP_TIMEOUT_S)
         if self.process.is_alive():
             self.process.kill()
@@ -329,8 +332,10 @@ class FrontEndProcesses:
             self._closed = True
             running, self._running = self._running, []
             self._changed.notify_all()
+        for worker in running:  # all at once: each may take a moment to end its requests' threads
+            worker.ask_to_stop()
         for worker in running:
-            worker.stop()
+            worker.end_process()
 
 
 def _copy_results(done: RunInfo, info: RunInfo) -> None:
