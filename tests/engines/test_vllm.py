@@ -340,3 +340,61 @@ def test_a_gpu_is_seen_through_vllm_where_ctranslate2_has_no_cuda(monkeypatch: p
     assert engines.cuda_available()
     monkeypatch.setattr(vllm_engine_module, "cuda_capability", lambda: None)
     assert not engines.cuda_available()
+
+
+class _Inputs:
+    """FeatureInputs as its check at start left it: features in `dtype`; records the windows it builds."""
+
+    def __init__(self, bf16: bool) -> None:
+        self.bf16 = bf16
+        self.built: list[np.ndarray] = []
+
+    def build(self, features: np.ndarray, prompt: tuple[int, ...]) -> dict[str, Any]:
+        self.built.append(features)
+        return {"prompt": list(prompt)}
+
+
+@pytest.mark.parametrize(
+    ("found", "decodes", "log_mel_input", "bf16"),
+    [
+        ("bf16", True, True, True),
+        ("float32", True, True, False),
+        (None, True, False, False),
+        ("bf16", False, False, False),
+    ],
+    ids=["bf16 features", "float32 features", "features unlike vllm's", "a check window that fails"],
+)
+def test_what_callers_send_follows_the_log_mel_check_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+    engine: CTranslate2Engine,
+    found: str | None,
+    decodes: bool,
+    log_mel_input: bool,
+    bf16: bool,
+) -> None:
+    from whisper_endpoint.engines import vllm
+
+    inputs = _Inputs(found == "bf16") if found else None
+    monkeypatch.setattr(vllm.FeatureInputs, "from_vllm", lambda preprocessor, sot, n_mels: inputs)
+    checked: list[WindowInput] = []
+
+    def detect_language(self: Any, windows: list[WindowInput]) -> list[dict[str, float]]:
+        checked.extend(windows)
+        if not decodes:
+            raise RuntimeError("vLLM refused the window")
+        return [{"en": 1.0}]
+
+    monkeypatch.setattr(vllm.VllmEngine, "detect_language", detect_language)
+    vllm_engine = object.__new__(vllm.VllmEngine)  # the parts the check reads; no GPU, no vLLM
+    vllm_engine.tokenizer, vllm_engine.n_mels = engine.tokenizer, 128
+    vllm_engine._use_feature_inputs(preprocessor=None)
+    assert (vllm_engine.capabilities.log_mel_input, vllm_engine.capabilities.log_mel_bf16) == (log_mel_input, bf16)
+    assert vllm.VllmEngine.capabilities.log_mel_input and not vllm.VllmEngine.capabilities.log_mel_bf16  # class's
+    if inputs is not None:  # the check window went as our float32 log-mel
+        assert checked[0].features is not None and checked[0].features.shape == (128, 3000)
+    window = WindowInput(np.zeros((128, 3000), np.float32), (1, 2), 30_000, np.zeros(16_000, np.float32))
+    built = vllm_engine._engine_input(window)
+    if log_mel_input:
+        assert built == {"prompt": [1, 2]}  # our features, as the processed input
+    else:
+        assert "encoder_prompt" in built  # the samples, for vLLM's own processing
