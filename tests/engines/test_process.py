@@ -24,7 +24,7 @@ from whisper_endpoint.engines.base import Capabilities, Engine, Generation, Samp
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.pool import EnginePool
 from whisper_endpoint.engines.process import ProcessEngine
-from whisper_endpoint.errors import EngineFailedError, ModelResolutionError
+from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError, ModelResolutionError
 
 TINY = Settings(model="tiny.en", engine="ctranslate2")
 
@@ -245,3 +245,17 @@ def test_a_result_that_cannot_cross_fails_its_call_instead_of_hanging_it() -> No
             engine.generate([window], SamplingOptions())
     finally:
         engine.close()
+
+
+def test_a_temp_dir_too_long_for_a_socket_is_a_clear_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from whisper_endpoint.engines.process import EngineListener
+
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    with ThreadPoolExecutor(1) as calls, pytest.raises(EngineUnavailableError, match="set TMPDIR to a shorter path"):
+        EngineListener(lambda method, args: None, calls)
+    assert list(deep.iterdir()) == []  # its folder is gone with it

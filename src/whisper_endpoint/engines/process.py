@@ -88,7 +88,13 @@ class EngineListener:
         self._folder = create_spool()  # mode 0700, locked while this process lives
         self.address = str(self._folder.path / "engine.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(self.address)
+        try:
+            self._sock.bind(self.address)
+        except OSError as exc:  # the kernel takes paths of up to 107 bytes
+            self.close()
+            raise EngineUnavailableError(
+                f"cannot listen on {self.address} ({exc.strerror or exc}): set TMPDIR to a shorter path"
+            ) from exc
         self._sock.listen()
         self._call = call
         self._calls = calls
