@@ -178,6 +178,7 @@ def test_errors_keep_their_param_and_code_across_processes() -> None:
     assert error.message == "not audio" and error.status == 400
 
 
+@pytest.mark.slow
 def test_a_cancelled_request_makes_no_more_engine_calls(tiny_engine: CTranslate2Engine) -> None:
     arrived, go_on = threading.Semaphore(0), threading.Event()
     calls: list[str] = []
@@ -260,6 +261,7 @@ class _ExitsOnArrival:
         return os._exit, (3,)
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_replaced_and_an_upload_that_kills_twice_is_a_400(
     served: _Served, tiny_engine: CTranslate2Engine
 ) -> None:
@@ -310,3 +312,28 @@ def test_requests_beside_one_that_kills_the_worker_start_again_elsewhere(
     finally:
         pool.close()
         endpoint.close()
+
+
+@pytest.mark.slow
+def test_with_an_engine_per_gpu_a_worker_spreads_windows_over_every_engine(tiny_engine: CTranslate2Engine) -> None:
+    """`--gpus N`: a front-end process connects to each engine's socket and spreads a request's windows."""
+    counts = [0, 0]
+
+    def counting(index: int) -> Any:
+        def call(method: str, args: tuple[Any, ...]) -> Any:
+            counts[index] += len(args[0])
+            return getattr(tiny_engine, method)(*args)
+
+        return call
+
+    endpoints = [_Served(tiny_engine, counting(i)) for i in range(2)]
+    pool = FrontEndProcesses(1, [e.listener.address for e in endpoints], tiny_engine)
+    try:
+        spread = [s.text for s in _run(pool, AudioSource(LONG))]
+    finally:
+        pool.close()
+        for endpoint in endpoints:
+            endpoint.close()
+    assert all(counts), counts  # both engines decoded windows of the one request
+    alone = [s.text for s in transcribe(AudioSource(LONG), tiny_engine, ENGLISH).segments]
+    assert wer([" ".join(alone)], [" ".join(spread)]) <= 0.05
