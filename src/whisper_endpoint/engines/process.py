@@ -147,9 +147,10 @@ def _serve(
         conn.send(("failed", picklable(exc)))
         return
     with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="engine-call") as calls:
-        listener = EngineListener(engine_handler(engine), calls)
+        handler = engine_handler(engine)
+        listener = EngineListener(handler, calls)
         conn.send(("ready", (EngineDescription.of(engine), os.getpid(), listener.address)))
-        answer_calls(conn, engine_handler(engine), calls)  # the server's: when it closes, the process ends
+        answer_calls(conn, handler, calls)  # the server's: when it closes, the process ends
         listener.close()
         engine.close()  # the calls still running end with it
 

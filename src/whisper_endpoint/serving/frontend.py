@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from whisper_endpoint.audio.decode import AudioSource
@@ -172,14 +172,14 @@ class _Worker:
         return replies
 
     def cancel(self, key: str) -> None:
-        """Stop a request: its thread here wakes at once; the worker stops before its next engine call."""
+        """Wake the request's thread here at once; as it stops, `end` tells the worker to stop too."""
         with self.lock:
             replies = self.jobs.get(key)
         if replies is not None:
             replies.put(("cancelled", None))
-            self.sender.put(("cancel", key))
 
     def end(self, key: str, finished: bool) -> None:
+        """The request is done with here; unfinished, the worker stops it before its next engine call."""
         with self.lock:
             self.jobs.pop(key, None)
         if not finished:
@@ -339,6 +339,7 @@ class FrontEndProcesses:
 
 
 def _copy_results(done: RunInfo, info: RunInfo) -> None:
-    info.language, info.language_probability = done.language, done.language_probability
-    info.samples, info.windows, info.fallbacks = done.samples, done.windows, done.fallbacks
-    info.prompt_tokens = done.prompt_tokens
+    """What the worker's run found, into the server's RunInfo (its callback stays the server's)."""
+    for result in fields(RunInfo):
+        if result.name != "on_decoded":
+            setattr(info, result.name, getattr(done, result.name))

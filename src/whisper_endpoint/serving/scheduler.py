@@ -175,17 +175,13 @@ class Scheduler:
         self, kind: str, items: list[Any], options: SamplingOptions | None, groups: Sequence[str] | None
     ) -> list[Any]:
         """`groups`: each item's request, when short windows of one request may be packed together."""
-        if kind == "generate":
+        if kind == "generate" and groups is not None:
             assert options is not None
-            if groups is None:
-                return list(self.engine.generate(items, options))
             results, packed, again = generate_packed(self.engine, items, options, groups)
             self.metrics.packed_windows.inc(packed)
             self.metrics.pack_redecoded_windows.inc(again)
             return results
-        if kind == "detect":
-            return list(self.engine.detect_language(items))
-        return list(self.engine.align(items))
+        return run_on(self.engine)(kind, items, options)
 
 
 Run = Callable[[str, Sequence[Any], SamplingOptions | None], list[Any]]  # (kind, items, options) -> results
