@@ -20,6 +20,7 @@ from openai import BadRequestError, OpenAI
 
 from tests.conftest import JFK, JFK_TEXT, start_server
 from tests.datasets import DATA, clips, english_normalizer, wer
+from tests.serving.abuse import wait_for
 from whisper_endpoint.audio.decode import AudioSource, load_audio
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
@@ -271,6 +272,9 @@ def test_a_dead_worker_is_replaced_and_an_upload_that_kills_twice_is_a_400(
         (first,) = pool._running
         os.kill(first.process.pid or 0, signal.SIGKILL)
         first.process.join(timeout=10)
+        # its connection's end reaches the pool's reader thread a moment later: a request sent before that
+        # goes to the dead worker and is run again alone, which is the other test's case
+        assert wait_for(lambda: not first.alive, 10)
         again = _run(pool, AudioSource(JFK))  # the dead worker is found and replaced
         assert [s.text for s in again] == [s.text for s in segments]
         (second,) = pool._running
