@@ -125,6 +125,7 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
 
 
 _DIED = "died"
+_ENDS = ("done", "error", _DIED)  # a worker's last reply for a request
 
 
 class _Worker:
@@ -172,18 +173,24 @@ class _Worker:
         return replies
 
     def cancel(self, key: str) -> None:
-        """Wake the request's thread here at once; as it stops, `end` tells the worker to stop too."""
+        """Stop the request before its next engine call; its thread here ends with the worker's answer, so the
+        request stays admitted while its engine call in flight runs (a client that leaves frees no room the
+        engine has not freed)."""
         with self.lock:
-            replies = self.jobs.get(key)
-        if replies is not None:
-            replies.put(("cancelled", None))
+            running = key in self.jobs
+        if running:
+            self.sender.put(("cancel", key))
 
-    def end(self, key: str, finished: bool) -> None:
-        """The request is done with here; unfinished, the worker stops it before its next engine call."""
+    def stop_request(self, key: str, replies: queue.SimpleQueue[tuple[str, Any]]) -> None:
+        """Stop an unfinished request and wait until its thread in the worker has ended (after the engine call
+        in flight, if any): until then the engine still works for it, so it stays admitted."""
+        self.sender.put(("cancel", key))
+        while replies.get()[0] not in _ENDS:
+            pass
+
+    def end(self, key: str) -> None:
         with self.lock:
             self.jobs.pop(key, None)
-        if not finished:
-            self.sender.put(("cancel", key))
 
     @property
     def load(self) -> int:
@@ -307,15 +314,15 @@ class FrontEndProcesses:
                 elif kind == "error":
                     finished = True
                     raise payload
-                elif kind == "cancelled":
-                    raise CancelledRequestError("request cancelled")
                 else:  # _DIED
                     finished = True
                     break
         finally:
+            if not finished:  # cancelled, closed early, or stopped by the server's charge for its audio
+                worker.stop_request(key, replies)
             with self._lock:
                 self._by_key.pop(key, None)
-            worker.end(key, finished)
+            worker.end(key)
         log.warning("a front-end process ended while running a request (exit code %s)", worker.process.exitcode)
         if sent_segments:
             raise EngineFailedError("a front-end process ended during this request; it can be retried")
