@@ -1,10 +1,10 @@
 """An engine in a process of its own, called over sockets: by the server (live turns) and by the front-end
 processes, each of which owns its requests' audio (serving/frontend.py).
 
-vLLM's input processing (its log-mel) and output processing run in the Python process that owns the
-engine; in a process of its own they share no interpreter lock with the server or with other engines, and
-callers only ship windows (samples and prompt) and get tokens back, over a socket that takes a
-window in one call (whisper_endpoint.ipc). Measured (docs/history): one engine 1,470x alone against
+vLLM's input and output processing run in the Python process that owns the engine; in a process of its own
+they share no interpreter lock with the server or with other engines, and callers only ship windows (each
+window's log-mel and prompt) and get tokens back, over a socket that takes a window in one call
+(whisper_endpoint.ipc). Measured (docs/history): one engine 1,470x alone against
 1,351x in the server's process; two GPUs 1.34x one either way, since there the host's CPUs were the limit.
 Calls are concurrent: each runs in a thread of the engine process. Calls and replies queued together cross
 as one message, each way sent by a thread of its own (ipc.BatchingSender).
