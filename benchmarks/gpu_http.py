@@ -80,14 +80,14 @@ def start_step_paths(log_text: str) -> list[str]:
 
 
 def windows_decoded(url: str) -> float | None:
-    """Windows our server has handed to its engine so far (the sum of its batch-size histogram)."""
+    """Windows our server has transcribed so far (its whisper_windows counter)."""
     import httpx
 
     try:
         text = httpx.get(f"{url}/metrics", timeout=10).text
     except httpx.HTTPError:
         return None
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("whisper_batch_size_sum"))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("whisper_windows_total"))
 
 
 MAX_NAME_CHARS = 200  # the results file's name, under file systems' 255

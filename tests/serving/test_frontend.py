@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from openai import BadRequestError, OpenAI
 
-from tests.conftest import JFK, JFK_TEXT, start_server
+from tests.conftest import JFK, JFK_TEXT, metric_value, start_server
 from tests.datasets import DATA, clips, english_normalizer, wer
 from tests.serving.abuse import wait_for
 from whisper_endpoint.audio.decode import AudioSource, load_audio
@@ -110,7 +111,7 @@ def test_server_with_front_end_processes_gives_the_same_text(
     engine: CTranslate2Engine, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     files = [JFK, LONG, clips("B_librispeech/test-clean")[0].path]
-    texts = {}
+    texts, windows = {}, {}
     for processes in (0, 2):
         running, thread = start_server(Settings(model="base", front_end_processes=processes), engine)
         try:
@@ -131,6 +132,7 @@ def test_server_with_front_end_processes_gives_the_same_text(
                         model="whisper-1", file=f, language="en", response_format="verbose_json"
                     )
                 texts[(processes, path.name)] = (result.text, result.duration)
+            windows[processes] = metric_value(httpx.get(f"{running.url}/metrics").text, "whisper_windows_total")
             # A FLAC header that says 11 s, then noise: the probe passes, the decode (in a worker) fails.
             bad = tmp_path / "bad.flac"
             noise = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
@@ -148,6 +150,7 @@ def test_server_with_front_end_processes_gives_the_same_text(
         # Not to the letter: a window that falls back to a temperature above 0 is sampled at random (the long
         # clip's last window does, seen giving "And" once and "and uh..." once)
         assert wer([text], [text_in_workers]) <= 0.05, (path.name, text, text_in_workers)
+    assert windows[0] >= len(files) and windows[2] == windows[0]  # counted wherever the windows are decoded
 
 
 def test_an_engine_that_batches_on_its_own_gets_the_log_mel_in_bf16_and_no_samples(

@@ -56,7 +56,10 @@ class Metrics:
             "whisper_processing_seconds", "Wall time of a transcription", registry=r, buckets=LATENCY_BUCKETS
         )
         self.batch_size = Histogram(
-            "whisper_batch_size", "Windows per engine call", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+            "whisper_batch_size",
+            "Windows per engine call of the server's scheduler (CTranslate2; front-end processes call vLLM directly)",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
         self.realtime_factor = Gauge("whisper_realtime_factor", "Audio seconds per wall second, recent", registry=r)
         self.packed_windows = Counter(
@@ -80,6 +83,11 @@ class Metrics:
             "Wall time of a request's diarization (after its transcription)",
             registry=r,
             buckets=LATENCY_BUCKETS,
+        )
+        self.windows = Counter(
+            "whisper_windows",
+            "30 s windows transcribed, by every engine (re-decodes are temperature_fallbacks)",
+            registry=r,
         )
         self.fallbacks = Counter(
             "whisper_temperature_fallbacks", "Windows decoded again at a higher temperature", registry=r

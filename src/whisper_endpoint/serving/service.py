@@ -302,6 +302,7 @@ class TranscriptionService:
             self.metrics.audio_seconds.inc(audio_s)
             self.metrics.processing.observe(elapsed)
             self.metrics.realtime_factor.set(self.throughput)
+            self.metrics.windows.inc(job.info.windows)
             self.metrics.fallbacks.inc(job.info.fallbacks)
 
     def _publish(self) -> None:
