@@ -86,7 +86,7 @@ class Metrics:
         )
         self.windows = Counter(
             "whisper_windows",
-            "30 s windows transcribed, by every engine (re-decodes are temperature_fallbacks)",
+            "Windows transcribed, wherever decoded (re-decodes: whisper_temperature_fallbacks)",
             registry=r,
         )
         self.fallbacks = Counter(
