@@ -343,7 +343,8 @@ def test_a_gpu_is_seen_through_vllm_where_ctranslate2_has_no_cuda(monkeypatch: p
 
 
 class _Inputs:
-    """FeatureInputs as its check at start left it: features in `dtype`; records the windows it builds."""
+    """FeatureInputs as its check at start left it: features in bf16 or float32 (`bf16`); records the windows it
+    builds."""
 
     def __init__(self, bf16: bool) -> None:
         self.bf16 = bf16

@@ -52,6 +52,7 @@ class Scheduler:
         self, engine: Engine, metrics: Metrics, max_batch_size: int, batch_wait_s: float, pack: bool = False
     ) -> None:
         self.engine = engine
+        self._call = run_on(engine)  # unpacked calls: the engine's own methods
         self.pack = pack
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -181,7 +182,7 @@ class Scheduler:
             self.metrics.packed_windows.inc(packed)
             self.metrics.pack_redecoded_windows.inc(again)
             return results
-        return run_on(self.engine)(kind, items, options)
+        return self._call(kind, items, options)
 
 
 Run = Callable[[str, Sequence[Any], SamplingOptions | None], list[Any]]  # (kind, items, options) -> results
