@@ -33,7 +33,7 @@ class CountingEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def generate(self, windows: Sequence[Any], options: Any) -> Any:
+    def generate(self, windows: Sequence[Any], options: Any, cancellation: Any = None) -> Any:
         if options.max_new_tokens == 1:
             self.one_token += len(windows)
         else:

@@ -33,7 +33,7 @@ from benchmarks import command_line
 from whisper_endpoint.audio.features import log_mel_window
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
-from whisper_endpoint.engines.base import AlignInput, Alignment, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import AlignInput, Alignment, Cancellation, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.engines.vllm import VllmEngine  # its capabilities only: vLLM is imported when one starts
 
 PORT = 8191
@@ -61,7 +61,9 @@ class InstantEngine:
         self.max_batch_size = 512
         self._words = self.tokenizer.encode(" and so my fellow americans ask not what your country can do for you")
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         out = []
         for w in windows:
             if w.features is None and w.samples is not None:  # the caller left the log-mel to the engine

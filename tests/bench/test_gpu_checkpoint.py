@@ -41,11 +41,12 @@ def test_the_checkpoint_lists_large_v3s_suppressed_tokens_only_when_asked(tmp_pa
 def test_the_driver_reports_are_read_back_from_the_servers_log() -> None:
     from whisper_endpoint.engines.vllm_driver import DriverStats
 
-    report = DriverStats(added=50, finished=40, steps=100, running_sum=30_000, step_s=2.5, add_s=4.0).line(10.0)
+    stats = DriverStats(added=50, finished=40, aborted=3, steps=100, running_sum=30_000, step_s=2.5, add_s=4.0)
+    report = stats.line(10.0)
     line = f"2026-11-27 06:59:37,193 INFO whisper_endpoint.engines.vllm_driver: {report}"
     log = f"INFO engine started\n{line}\nINFO vLLM engine: loaded the model\n{line}\n"
     expected = (
-        "300 windows per step on average, 5.0 added and 4.0 finished per second, 10 steps per second "
+        "300 windows per step on average, 5.0 added, 4.0 finished and 0.3 aborted per second, 10 steps per second "
         "(25.0 ms in each), 400 ms a second adding windows"
     )
     assert driver_reports(log) == [expected] * 2

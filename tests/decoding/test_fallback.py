@@ -11,7 +11,7 @@ import numpy as np
 from whisper_endpoint.decoding.fallback import decode_with_fallback
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.tokenizer import Tokenizer
-from whisper_endpoint.engines.base import Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import Cancellation, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
 
@@ -25,7 +25,9 @@ class ScriptedEngine:
     no_speech: dict[int, float]
     calls: list[tuple[SamplingOptions, tuple[int, ...]]] = field(default_factory=list)
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         ids = tuple(w.prompt[-1] for w in windows)
         self.calls.append((options, ids))
         text = self.tokenizer.encode(" hello")[:1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from whisper_endpoint.config import Settings
-from whisper_endpoint.engines.base import Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import Cancellation, Capabilities, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.engines.pool import EnginePool, split_cpus, vllm_pool
 from whisper_endpoint.errors import EngineUnavailableError
 
@@ -32,7 +32,9 @@ class TimedFakeEngine:
         self.served = 0
         self.lock = threading.Lock()
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         time.sleep(self.delay * len(windows))
         with self.lock:
             self.served += len(windows)

@@ -20,7 +20,7 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import transcribe
 from whisper_endpoint.engines import load_engine
-from whisper_endpoint.engines.base import Capabilities, Engine, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import Cancellation, Capabilities, Engine, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.pool import EnginePool
 from whisper_endpoint.engines.process import ProcessEngine
@@ -96,7 +96,9 @@ class SlowEngine:
         self.seconds = seconds
         self.tokenizer = CTranslate2Engine.from_settings(TINY).tokenizer
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         time.sleep(self.seconds)
         return [Generation((os.getpid(),), 0.0, 0.0) for _ in windows]  # which process served it
 
@@ -105,7 +107,9 @@ class SlowEngine:
 
 
 class UnpicklableResultEngine(SlowEngine):
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         return [threading.Lock()]  # type: ignore[list-item]  # a result that cannot cross to the server
 
 
@@ -257,5 +261,5 @@ def test_a_temp_dir_too_long_for_a_socket_is_a_clear_error(tmp_path, monkeypatch
     monkeypatch.setenv("TMPDIR", str(deep))
     monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
     with ThreadPoolExecutor(1) as calls, pytest.raises(EngineUnavailableError, match="set TMPDIR to a shorter path"):
-        EngineListener(lambda method, args: None, calls)
+        EngineListener(lambda method, args, cancellation: None, calls)
     assert list(deep.iterdir()) == []  # its folder is gone with it

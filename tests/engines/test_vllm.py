@@ -266,6 +266,7 @@ class FakeLLMEngine:
         self.max_running = 0
         self.hold = hold_first_step_until  # no request finishes before this many arrived (or 5 s)
         self.deadline = time.monotonic() + 5
+        self.aborted: list[str] = []
 
     def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
@@ -275,6 +276,12 @@ class FakeLLMEngine:
         self.left[request.external_req_id] = self.steps
         self.max_running = max(self.max_running, len(self.left))
         return str(request.request_id)
+
+    def abort_request(self, request_ids: list[str], internal: bool = False) -> None:
+        assert not internal  # the ids the caller chose
+        self.aborted.extend(request_ids)
+        for request_id in request_ids:
+            del self.left[request_id]
 
     def step(self) -> list[SimpleNamespace]:
         if self.max_running < self.hold and time.monotonic() < self.deadline:
@@ -314,6 +321,42 @@ def test_driver_thread_batches_concurrent_callers_and_isolates_bad_inputs() -> N
     assert len(driver.submit([{}], [None], dict)) == 1  # the driver survived the bad request
     driver.close()
     assert not driver.thread.is_alive()
+
+
+def test_driver_aborts_the_windows_of_a_cancelled_call_only() -> None:
+    import threading
+
+    from whisper_endpoint.engines.base import Cancellation
+    from whisper_endpoint.engines.vllm_driver import EngineDriver
+    from whisper_endpoint.errors import CancelledRequestError
+
+    fake = FakeLLMEngine(steps_per_request=10**9)  # nothing finishes on its own
+    driver = EngineDriver(fake, stats_interval_s=3600)
+    cancellations = [Cancellation(), Cancellation()]
+    failures: list[BaseException] = []
+
+    def caller(cancellation: Cancellation) -> None:
+        try:
+            driver.submit([{}] * 3, [None] * 3, dict, cancellation)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(c,)) for c in cancellations]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(fake.left) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fake.left) == 6
+    cancellations[0].set()
+    threads[0].join(timeout=10)
+    assert not threads[0].is_alive() and isinstance(failures[0], CancelledRequestError)
+    assert len(fake.aborted) == 3 and len(fake.left) == 3  # the other caller's windows still run
+    assert threads[1].is_alive() and driver.stats.aborted == 3
+    cancellations[1].set()
+    threads[1].join(timeout=10)
+    assert not fake.left and len(failures) == 2
+    driver.close()
 
 
 def test_driver_reports_how_full_the_batch_was(caplog: pytest.LogCaptureFixture) -> None:

@@ -26,7 +26,7 @@ from whisper_endpoint.audio.decode import AudioSource, load_audio
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import RunInfo, transcribe
-from whisper_endpoint.engines.base import DescribedEngine, Engine, EngineDescription
+from whisper_endpoint.engines.base import Cancellation, DescribedEngine, Engine, EngineDescription
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.process import EngineListener, engine_handler
 from whisper_endpoint.errors import AudioDecodeError, CancelledRequestError, EngineFailedError, ShuttingDownError
@@ -158,7 +158,7 @@ def test_an_engine_that_batches_on_its_own_gets_the_log_mel_in_bf16_and_no_sampl
 ) -> None:
     arrived: list[tuple[object, bool]] = []
 
-    def call(method: str, args: tuple[Any, ...]) -> Any:
+    def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
         arrived.extend((w.features.dtype, w.samples is None) for w in args[0])
         as_float32 = [replace(w, features=(w.features.astype(np.uint32) << 16).view(np.float32)) for w in args[0]]
         return getattr(tiny_engine, method)(as_float32, *args[1:])
@@ -187,7 +187,7 @@ def test_a_cancelled_request_ends_after_its_engine_call_and_makes_no_more(tiny_e
     arrived, go_on = threading.Semaphore(0), threading.Event()
     calls: list[str] = []
 
-    def call(method: str, args: tuple[Any, ...]) -> Any:
+    def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
         calls.append(method)
         arrived.release()
         go_on.wait(30)
@@ -219,6 +219,46 @@ def test_a_cancelled_request_ends_after_its_engine_call_and_makes_no_more(tiny_e
         assert _run(pool, AudioSource(JFK))  # and serves the next request
     finally:
         go_on.set()
+        pool.close()
+        endpoint.close()
+
+
+@pytest.mark.slow
+def test_an_engine_that_drops_a_cancelled_call_ends_the_request_at_once(tiny_engine: CTranslate2Engine) -> None:
+    """As vLLM does: the cancel reaches the engine's call in flight, which ends without its result."""
+    arrived, dropped = threading.Event(), threading.Event()
+
+    def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
+        if not dropped.is_set():  # the first call: held until it is cancelled
+            arrived.set()
+            cancelled = threading.Event()
+            cancellation.on_set(cancelled.set)
+            if cancelled.wait(30):
+                dropped.set()
+                raise CancelledRequestError("request cancelled")
+        return getattr(tiny_engine, method)(*args)
+
+    endpoint = _Served(tiny_engine, call)
+    pool = endpoint.pool(1, tiny_engine)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _run(pool, AudioSource(LONG), "long")
+        except BaseException as exc:
+            failure.append(exc)
+
+    try:
+        request = threading.Thread(target=run)
+        request.start()
+        assert arrived.wait(timeout=30)
+        assert not dropped.is_set()
+        pool.cancel("long")
+        request.join(timeout=10)  # the engine never finished that call
+        assert dropped.is_set() and not request.is_alive()
+        assert isinstance(failure[0], CancelledRequestError)
+        assert _run(pool, AudioSource(JFK))  # the worker serves the next request
+    finally:
         pool.close()
         endpoint.close()
 
@@ -300,7 +340,7 @@ def test_requests_beside_one_that_kills_the_worker_start_again_elsewhere(
     arrived = threading.Event()
     generated: list[int] = []
 
-    def call(method: str, args: tuple[Any, ...]) -> Any:
+    def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
         generated.append(len(args[0]))
         if not arrived.is_set():  # the first call waits until its worker is dead
             arrived.set()
@@ -329,7 +369,7 @@ def test_with_an_engine_per_gpu_a_worker_spreads_windows_over_every_engine(tiny_
     counts = [0, 0]
 
     def counting(index: int) -> Any:
-        def call(method: str, args: tuple[Any, ...]) -> Any:
+        def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
             counts[index] += len(args[0])
             return getattr(tiny_engine, method)(*args)
 

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import JFK, RunningServer, metric_value, start_server
 from tests.datasets import DATA, english_normalizer
 from whisper_endpoint.config import Settings
-from whisper_endpoint.engines.base import Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import Cancellation, Capabilities, Generation, SamplingOptions, WindowInput
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.errors import CancelledRequestError
 from whisper_endpoint.serving.metrics import Metrics
@@ -36,7 +36,9 @@ class SlowFakeEngine:
         self.batches: list[list[float]] = []
         self.tokenizer = None
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         time.sleep(0.02)
         self.batches.append([float(w.features[0, 0]) for w in windows if w.features is not None])
         return [Generation((), 0.0, 0.0) for _ in windows]
@@ -82,7 +84,9 @@ class ContinuousFakeEngine(SlowFakeEngine):
         self.threads: set[str] = set()
         self.lock = threading.Lock()
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         with self.lock:
             self.inside += 1
             self.most_inside = max(self.most_inside, self.inside)
@@ -103,7 +107,7 @@ def test_continuous_batching_engine_is_called_from_every_request_thread_at_once(
     def request(n: int) -> int:
         with slots:  # as a request thread holds its front-end slot
             windows = [_window(0.0)] * n
-            return len(ScheduledEngine(scheduler, f"r{n}", lambda: False, slots).generate(windows, SamplingOptions()))
+            return len(ScheduledEngine(scheduler, f"r{n}", Cancellation(), slots).generate(windows, SamplingOptions()))
 
     with ThreadPoolExecutor(8) as pool:
         sizes = list(pool.map(request, range(1, 9)))

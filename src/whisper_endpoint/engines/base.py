@@ -6,8 +6,9 @@ them (`Capabilities.log_mel_input`), our log-mel features [n_mels, 3000].
 
 from __future__ import annotations
 
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -92,6 +93,43 @@ class Alignment:
     token_probs: tuple[float, ...]
 
 
+class Cancellation:
+    """Set once the request behind an engine call no longer wants its result (its client left, the server
+    stopped it). An engine that can drop windows it is already decoding (vLLM) registers that with `on_set`;
+    the others finish the call, and the request makes no further one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` when this is set (now, if it is already); returns what unregisters it."""
+        with self._lock:
+            if not self._set:
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+
 class Engine(Protocol):
     name: str
     model_name: str
@@ -101,7 +139,12 @@ class Engine(Protocol):
     capabilities: Capabilities
     max_batch_size: int
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]: ...
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
+        """Each window's decode; windows still decoding when `cancellation` is set may end the call with
+        CancelledRequestError instead."""
+        ...
 
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
         """Per window, probability of each language code (the windows' prompts are not used)."""

@@ -16,6 +16,7 @@ from whisper_endpoint.decoding.tokenizer import Tokenizer
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
+    Cancellation,
     Capabilities,
     Generation,
     SamplingOptions,
@@ -85,7 +86,10 @@ class CTranslate2Engine:
             raise ValueError("the CTranslate2 engine needs each window's log-mel features")
         return self._ct2.StorageView.from_array(np.ascontiguousarray(np.stack(present), dtype=np.float32))
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
+        # `cancellation` is not watched: a call holds at most max_batch_size windows and runs to its end.
         if options.temperature == 0:
             return self._generate(self.model, windows, options)
         return [self._sample(window, options) for window in windows]

@@ -18,6 +18,7 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
+    Cancellation,
     DescribedEngine,
     Engine,
     EngineDescription,
@@ -79,8 +80,10 @@ class EnginePool(DescribedEngine):
                 out[i] = result
         return out
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
-        return self._spread(windows, lambda engine, part: engine.generate(part, options))
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
+        return self._spread(windows, lambda engine, part: engine.generate(part, options, cancellation))
 
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
         return self._spread(windows, lambda engine, part: engine.detect_language(part))

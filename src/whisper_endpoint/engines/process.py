@@ -27,6 +27,7 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
+    Cancellation,
     DescribedEngine,
     Engine,
     EngineDescription,
@@ -41,7 +42,8 @@ from whisper_endpoint.serving.spool import create_spool
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Settings], Engine]  # a module-level function, so the engine process can import it
-CallHandler = Callable[[str, tuple[Any, ...]], Any]  # (method, arguments) -> the engine's result
+CallHandler = Callable[[str, tuple[Any, ...], Cancellation], Any]  # (method, arguments, the call's cancellation)
+ABORT = "abort"  # a call entry (id, ABORT, call ids): the caller no longer wants those calls' results
 MAX_CONCURRENT_CALLS = 1024  # one thread per call: a call mostly waits for its windows in the engine
 MAX_WINDOWS_PER_MESSAGE = 16  # a large call goes in parts, so the engine starts on the first while the rest travel
 MAX_CALLS_PER_MESSAGE = 8  # calls queued together travel as one message (up to 8 x 16 windows)
@@ -60,11 +62,15 @@ def answer_calls(conn: MessageSocket, call: CallHandler, calls: ThreadPoolExecut
 
     sender = BatchingSender(conn, "engine-replies", MAX_REPLIES_PER_MESSAGE, unsent)
 
+    running: dict[int, Cancellation] = {}  # calls not yet answered; guarded by the interpreter (dict ops)
+
     def run(call_id: int, method: str, args: tuple[Any, ...]) -> None:
         try:
-            reply: tuple[Any, ...] = (call_id, "ok", call(method, args))
+            reply: tuple[Any, ...] = (call_id, "ok", call(method, args, running[call_id]))
         except BaseException as exc:
             reply = (call_id, "error", picklable(exc))
+        finally:
+            running.pop(call_id, None)
         sender.put(reply)
 
     while True:
@@ -74,8 +80,14 @@ def answer_calls(conn: MessageSocket, call: CallHandler, calls: ThreadPoolExecut
             break
         if message is None:
             break
-        for call_args in message:
-            calls.submit(run, *call_args)
+        for call_id, method, args in message:
+            if method == ABORT:
+                for aborted in args:
+                    if (cancellation := running.get(aborted)) is not None:
+                        cancellation.set()
+                continue
+            running[call_id] = Cancellation()
+            calls.submit(run, call_id, method, args)
     sender.close()
 
 
@@ -120,8 +132,16 @@ class EngineListener:
 
 
 def engine_handler(engine: Engine) -> CallHandler:
-    """Calls answered by `engine`'s own methods."""
-    return lambda method, args: getattr(engine, method)(*args)
+    """Calls answered by `engine`'s own methods; a generate call's windows may be dropped once its caller
+    aborts it."""
+
+    def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
+        if method == "generate":
+            windows, options = args
+            return engine.generate(windows, options, cancellation)
+        return getattr(engine, method)(*args)
+
+    return call
 
 
 def _serve(
@@ -200,7 +220,7 @@ class RemoteEngine(DescribedEngine):
         for future in pending.values():
             future.set_exception(EngineFailedError("the engine process ended; the request can be retried"))
 
-    def _send(self, method: str, args: tuple[Any, ...]) -> Future[Any]:
+    def _send(self, method: str, args: tuple[Any, ...]) -> tuple[int, Future[Any]]:
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
@@ -208,7 +228,7 @@ class RemoteEngine(DescribedEngine):
             call_id = next(self._ids)
             self._pending[call_id] = future
         self._calls.put((call_id, method, args))
-        return future
+        return call_id, future
 
     def _unsent(self, calls: list[Any], exc: BaseException) -> None:
         if isinstance(exc, PEER_GONE):
@@ -223,13 +243,28 @@ class RemoteEngine(DescribedEngine):
         with self._lock:
             return [self._pending.pop(call_id, None) for call_id, _, _ in calls]
 
-    def _call(self, method: str, items: Sequence[Any], *rest: Any) -> list[Any]:
+    def _call(
+        self, method: str, items: Sequence[Any], *rest: Any, cancellation: Cancellation | None = None
+    ) -> list[Any]:
         parts = [items[i : i + MAX_WINDOWS_PER_MESSAGE] for i in range(0, len(items), MAX_WINDOWS_PER_MESSAGE)]
-        futures = [self._send(method, (list(part), *rest)) for part in parts]
-        return [result for future in futures for result in future.result()]
+        sent = [self._send(method, (list(part), *rest)) for part in parts]
+        forget = cancellation.on_set(lambda: self._abort([call_id for call_id, _ in sent])) if cancellation else None
+        try:
+            return [result for _, future in sent for result in future.result()]
+        finally:
+            if forget:
+                forget()
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
-        return self._call("generate", windows, options)
+    def _abort(self, call_ids: list[int]) -> None:
+        """The engine may drop these calls' windows; each call then answers CancelledRequestError."""
+        with self._lock:
+            abort_id = next(self._ids)  # an entry like a call's, but nothing waits for a reply to it
+        self._calls.put((abort_id, ABORT, tuple(call_ids)))
+
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
+        return self._call("generate", windows, options, cancellation=cancellation)
 
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
         return self._call("detect_language", windows)

@@ -28,6 +28,7 @@ from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
+    Cancellation,
     Capabilities,
     Generation,
     SamplingOptions,
@@ -344,14 +345,18 @@ class VllmEngine:
             return self._inputs.build(window.features, window.prompt)
         return engine_prompt(window)
 
-    def _submit(self, windows: Sequence[WindowInput], kwargs: Sequence[dict[str, Any]]) -> list[Any]:
+    def _submit(
+        self, windows: Sequence[WindowInput], kwargs: Sequence[dict[str, Any]], cancellation: Cancellation | None = None
+    ) -> list[Any]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         params = [SamplingParams(**kw, output_kind=RequestOutputKind.FINAL_ONLY) for kw in kwargs]
-        return self._driver.submit(windows, params, self._engine_input)
+        return self._driver.submit(windows, params, self._engine_input, cancellation)
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
         if options.beam_size > 1:
             raise UnsupportedFeatureError("the vllm engine has no beam search", param="beam_size")
         kwargs = [
@@ -363,7 +368,7 @@ class VllmEngine:
         if options.temperature > 0:  # Whisper's fallback: each window's draws are its own
             for window, kw in zip(windows, kwargs, strict=True):
                 kw["seed"] = sampling_seed(window, options.temperature)
-        outputs = self._submit(windows, kwargs)
+        outputs = self._submit(windows, kwargs, cancellation)
         generations = []
         for window, output in zip(windows, outputs, strict=True):
             completion = output.outputs[0]

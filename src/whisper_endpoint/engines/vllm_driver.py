@@ -20,10 +20,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from whisper_endpoint.errors import EngineUnavailableError
+from whisper_endpoint.engines.base import Cancellation
+from whisper_endpoint.errors import CancelledRequestError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 _STOP: Any = ("stop",)
+_ABORT = "abort"  # an inbox item (_ABORT, ids): drop these windows, their caller no longer wants them
 STATS_INTERVAL_S = 10.0
 
 
@@ -34,6 +36,7 @@ class DriverStats:
 
     added: int = 0
     finished: int = 0
+    aborted: int = 0  # windows whose caller went away while vLLM decoded them
     steps: int = 0
     running_sum: int = 0
     step_s: float = 0.0
@@ -43,8 +46,9 @@ class DriverStats:
         per_step = self.running_sum / self.steps if self.steps else 0.0
         step_ms = 1000 * self.step_s / self.steps if self.steps else 0.0
         return (
-            f"vLLM engine: {per_step:.0f} windows per step on average, {self.added / seconds:.1f} added and "
-            f"{self.finished / seconds:.1f} finished per second, {self.steps / seconds:.0f} steps per second "
+            f"vLLM engine: {per_step:.0f} windows per step on average, {self.added / seconds:.1f} added, "
+            f"{self.finished / seconds:.1f} finished and {self.aborted / seconds:.1f} aborted per second, "
+            f"{self.steps / seconds:.0f} steps per second "
             f"({step_ms:.1f} ms in each), {1000 * self.add_s / seconds:.0f} ms a second adding windows"
         )
 
@@ -62,22 +66,37 @@ class EngineDriver:
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, windows: Sequence[Any], params: Sequence[Any], prepare: Callable[[Any], Any]) -> list[Any]:
+    def submit(
+        self,
+        windows: Sequence[Any],
+        params: Sequence[Any],
+        prepare: Callable[[Any], Any],
+        cancellation: Cancellation | None = None,
+    ) -> list[Any]:
         """vLLM's final output for each window, whose prompt (or processed input) `prepare(window)` makes in
-        this thread; a bad input fails its own window only."""
+        this thread; a bad input fails its own window only. Once `cancellation` is set, the windows still in
+        vLLM are aborted there and the call raises CancelledRequestError."""
         futures: list[Future[Any]] = []
+        ids: list[str] = []
         for window, p in zip(windows, params, strict=True):
             future: Future[Any] = Future()
             try:
                 with self._preparing:
                     prompt = prepare(window)
-                    request = self._engine.input_processor.process_inputs(uuid.uuid4().hex, prompt, p, self._tasks)
+                    ids.append(uuid.uuid4().hex)
+                    request = self._engine.input_processor.process_inputs(ids[-1], prompt, p, self._tasks)
             except Exception as exc:
                 future.set_exception(exc)
             else:
                 self._inbox.put((request, future))
             futures.append(future)
-        return [f.result() for f in futures]
+        # After the windows: the inbox is read in order, so an abort never overtakes what it aborts.
+        forget = cancellation.on_set(lambda: self._inbox.put((_ABORT, ids))) if cancellation else None
+        try:
+            return [f.result() for f in futures]
+        finally:
+            if forget:
+                forget()
 
     def close(self) -> None:
         self._inbox.put(_STOP)
@@ -94,6 +113,10 @@ class EngineDriver:
                     for future in running.values():
                         future.set_exception(EngineUnavailableError("the vLLM engine was closed"))
                     return
+                if item[0] is _ABORT:
+                    self._abort(item[1], running)
+                    item = self._next_nowait()
+                    continue
                 request, future = item
                 try:
                     self._engine.add_request(request.request_id, request, request.params)
@@ -123,6 +146,15 @@ class EngineDriver:
             if (elapsed := time.monotonic() - reported) >= self._stats_interval_s:
                 log.info(self.stats.line(elapsed))
                 self.stats, reported = DriverStats(), time.monotonic()
+
+    def _abort(self, ids: Sequence[str], running: dict[str, Future[Any]]) -> None:
+        ids = [i for i in ids if i in running]  # those finished meanwhile have their result already
+        if not ids:
+            return
+        self._engine.abort_request(ids)
+        for request_id in ids:
+            running.pop(request_id).set_exception(CancelledRequestError("request cancelled"))
+        self.stats.aborted += len(ids)
 
     def _next_nowait(self) -> Any:
         try:

@@ -27,7 +27,7 @@ from typing import Any
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments
-from whisper_endpoint.engines.base import Engine, EngineDescription, SamplingOptions
+from whisper_endpoint.engines.base import Cancellation, Engine, EngineDescription, SamplingOptions
 from whisper_endpoint.errors import AudioDecodeError, CancelledRequestError, EngineFailedError, ShuttingDownError
 from whisper_endpoint.formats.transcript import Segment
 from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
@@ -56,10 +56,12 @@ def _sent(engine: Engine) -> Run:
     if not (engine.capabilities.continuous_batching and engine.capabilities.log_mel_input):
         return run
 
-    def without_samples(kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+    def without_samples(
+        kind: str, items: Sequence[Any], options: SamplingOptions | None, cancellation: Cancellation | None
+    ) -> list[Any]:
         if kind != "align":
             items = [replace(w, samples=None) if w.features is not None else w for w in items]
-        return run(kind, items, options)
+        return run(kind, items, options, cancellation)
 
     return without_samples
 
@@ -80,7 +82,7 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
     conn.send(("ready", None))
     sender = BatchingSender(conn, "front-end-replies", MAX_ITEMS_PER_MESSAGE)
     calls = _sent(engine)
-    cancelled: dict[str, threading.Event] = {}
+    cancelled: dict[str, Cancellation] = {}
     front_end = threading.BoundedSemaphore(1)  # one interpreter: one request's front-end work at a time
 
     def run(key: str, source: AudioSource, options: DecodeOptions) -> None:
@@ -95,7 +97,7 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
         info.on_decoded = decoded
         try:
             with front_end:
-                request_engine = RequestEngine(description, calls, stop.is_set, front_end)
+                request_engine = RequestEngine(description, calls, stop, front_end)
                 for segment in iter_segments(source, request_engine, options, info):
                     sender.put((key, "segment", segment))
             sender.put((key, "done", replace(info, on_decoded=None)))
@@ -114,7 +116,7 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
                 break
             for kind, key, *rest in message:
                 if kind == "start":
-                    cancelled[key] = threading.Event()
+                    cancelled[key] = Cancellation()
                     requests.submit(run, key, *rest)
                 elif (stop := cancelled.get(key)) is not None:
                     stop.set()

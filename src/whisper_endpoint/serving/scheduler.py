@@ -23,6 +23,7 @@ from typing import Any
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
+    Cancellation,
     DescribedEngine,
     Engine,
     EngineDescription,
@@ -166,11 +167,13 @@ class Scheduler:
                 job.future.set_result(results[offset : offset + len(job.items)])
                 offset += len(job.items)
 
-    def run_now(self, kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+    def run_now(
+        self, kind: str, items: Sequence[Any], options: SamplingOptions | None, cancellation: Cancellation | None
+    ) -> list[Any]:
         """One call straight to an engine that batches concurrent calls itself (no packing: that needs
-        a batch formed here)."""
+        a batch formed here); the engine may drop its windows once `cancellation` is set."""
         self.metrics.batch_size.observe(len(items))
-        return self._run(kind, list(items), options, groups=None)
+        return self._call(kind, list(items), options, cancellation)
 
     def _run(
         self, kind: str, items: list[Any], options: SamplingOptions | None, groups: Sequence[str] | None
@@ -182,41 +185,45 @@ class Scheduler:
             self.metrics.packed_windows.inc(packed)
             self.metrics.pack_redecoded_windows.inc(again)
             return results
-        return self._call(kind, items, options)
+        return self._call(kind, items, options, None)
 
 
-Run = Callable[[str, Sequence[Any], SamplingOptions | None], list[Any]]  # (kind, items, options) -> results
+# (kind, items, options, cancellation) -> results
+Run = Callable[[str, Sequence[Any], SamplingOptions | None, Cancellation | None], list[Any]]
 
 
 class RequestEngine(DescribedEngine):
-    """The Engine interface for one request, over `run(kind, items, options)`: nothing more is run once the
-    request is cancelled, and a thread that waits here gives its front-end slot (decode, VAD, log-mel) to
-    another meanwhile."""
+    """The Engine interface for one request, over `run(kind, items, options, cancellation)`: nothing more is
+    run once the request's `cancellation` is set (an engine that can also drops the windows it is decoding),
+    and a thread that waits here gives its front-end slot (decode, VAD, log-mel) to another meanwhile."""
 
     def __init__(
         self,
         description: EngineDescription,
         run: Run,
-        cancelled: Callable[[], bool],
+        cancellation: Cancellation,
         front_end_slot: threading.Semaphore | None = None,
     ) -> None:
         super().__init__(description)
         self._run = run
-        self._cancelled = cancelled
+        self._cancellation = cancellation
         self._slot = front_end_slot
 
     def _call(self, kind: str, items: Sequence[Any], options: SamplingOptions | None = None) -> list[Any]:
-        if self._cancelled():
+        if self._cancellation.is_set():
             raise CancelledRequestError("request cancelled")
         if self._slot is None:
-            return self._run(kind, items, options)
+            return self._run(kind, items, options, self._cancellation)
         self._slot.release()
         try:
-            return self._run(kind, items, options)
+            return self._run(kind, items, options, self._cancellation)
         finally:
             self._slot.acquire()
 
-    def generate(self, windows: Sequence[WindowInput], options: SamplingOptions) -> list[Generation]:
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
+        # the request's own cancellation, given at construction, is the one that counts here
         return self._call("generate", windows, options)
 
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
@@ -232,10 +239,12 @@ class RequestEngine(DescribedEngine):
 def run_on(engine: Engine) -> Run:
     """Calls of an engine's own methods."""
 
-    def run(kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+    def run(
+        kind: str, items: Sequence[Any], options: SamplingOptions | None, cancellation: Cancellation | None
+    ) -> list[Any]:
         if kind == "generate":
             assert options is not None
-            return list(engine.generate(items, options))
+            return list(engine.generate(items, options, cancellation))
         return list(engine.detect_language(items) if kind == "detect" else engine.align(items))
 
     return run
@@ -249,17 +258,19 @@ class ScheduledEngine(RequestEngine):
         self,
         scheduler: Scheduler,
         request_key: str,
-        cancelled: Callable[[], bool],
+        cancellation: Cancellation,
         front_end_slot: threading.Semaphore | None = None,
     ) -> None:
         description = EngineDescription.of(scheduler.engine)
-        super().__init__(description, self._scheduled, cancelled, front_end_slot)
+        super().__init__(description, self._scheduled, cancellation, front_end_slot)
         self._scheduler = scheduler
         self._request_key = request_key
 
-    def _scheduled(self, kind: str, items: Sequence[Any], options: SamplingOptions | None) -> list[Any]:
+    def _scheduled(
+        self, kind: str, items: Sequence[Any], options: SamplingOptions | None, cancellation: Cancellation | None
+    ) -> list[Any]:
         if self.capabilities.continuous_batching:
-            return self._scheduler.run_now(kind, items, options)
+            return self._scheduler.run_now(kind, items, options, cancellation)
         return self._scheduler.submit(self._request_key, kind, items, options).result()
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments, samples_chunks
 from whisper_endpoint.diarization.encoder import VoiceEncoder
 from whisper_endpoint.diarization.pipeline import Diarization, Diarizer, KnownSpeaker
-from whisper_endpoint.engines.base import Engine
+from whisper_endpoint.engines.base import Cancellation, Engine
 from whisper_endpoint.engines.pool import EnginePool
 from whisper_endpoint.engines.process import MAX_CONCURRENT_CALLS, EngineListener
 from whisper_endpoint.errors import (
@@ -64,7 +64,7 @@ class Job:
     # Charged against the queue limit: the header's duration, or what has been decoded. Integer milliseconds:
     # float seconds added and taken back in another order left the queue at 1e-14 s, never 0.
     audio_ms: int = 0
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: Cancellation = field(default_factory=Cancellation)
     started: float = field(default_factory=time.monotonic)
     abort: WhisperEndpointError | None = None  # why the server stopped it, when it did (shutdown)
     worker: Future[None] | None = None
@@ -111,8 +111,8 @@ class TranscriptionService:
         if all(addresses):
             return [str(address) for address in addresses]
 
-        def call(method: str, args: tuple[Any, ...]) -> Any:
-            engine = ScheduledEngine(self.scheduler, uuid.uuid4().hex, lambda: False)
+        def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
+            engine = ScheduledEngine(self.scheduler, uuid.uuid4().hex, cancellation)
             return getattr(engine, method)(*args)
 
         self._listener_calls = ThreadPoolExecutor(MAX_CONCURRENT_CALLS, thread_name_prefix="engine-call")
@@ -170,7 +170,7 @@ class TranscriptionService:
     def decode_samples(self, job: Job, samples: np.ndarray, options: DecodeOptions) -> list[Segment]:
         """A live session's audio (16 kHz samples) through the shared scheduler, batched with every other
         request's windows; blocking, so run in a thread. Stops when the session ends."""
-        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled.is_set, self.front_end_slots)
+        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled, self.front_end_slots)
         with self.front_end_slots:  # VAD and log-mel are front-end work; the engine wait lets the slot go
             return list(iter_segments(job.source, engine, options, RunInfo(), None, samples_chunks(samples)))
 
@@ -333,6 +333,6 @@ class TranscriptionService:
         if self.front_end:
             yield from self.front_end.transcribe(job.key, source, job.options, job.info)
             return
-        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled.is_set, self.front_end_slots)
+        engine = ScheduledEngine(self.scheduler, job.key, job.cancelled, self.front_end_slots)
         with self.front_end_slots:
             yield from iter_segments(source, engine, job.options, job.info)
