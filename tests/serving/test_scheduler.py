@@ -118,6 +118,30 @@ def test_continuous_batching_engine_is_called_from_every_request_thread_at_once(
     assert engine.batches == []
 
 
+def test_a_request_cancelled_during_its_call_reaches_an_engine_that_batches_on_its_own() -> None:
+    """The request's own Cancellation goes with its calls (vLLM in the server's process aborts them)."""
+    from whisper_endpoint.errors import CancelledRequestError
+    from whisper_endpoint.serving.scheduler import ScheduledEngine
+
+    class Dropping(ContinuousFakeEngine):
+        def generate(
+            self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+        ) -> list[Generation]:
+            assert cancellation is not None
+            dropped = threading.Event()
+            cancellation.on_set(dropped.set)
+            if dropped.wait(10):
+                raise CancelledRequestError("request cancelled")
+            return super().generate(windows, options)
+
+    scheduler = Scheduler(Dropping(), Metrics(), 4, 0.005)  # type: ignore[arg-type]
+    cancellation = Cancellation()
+    threading.Timer(0.2, cancellation.set).start()
+    with pytest.raises(CancelledRequestError):
+        ScheduledEngine(scheduler, "r", cancellation).generate([_window(0.0)], SamplingOptions())
+    scheduler.stop()
+
+
 def test_cancel_drops_pending_windows() -> None:
     engine = SlowFakeEngine()
     metrics = Metrics()
