@@ -3,7 +3,8 @@
 Windows submitted by any caller join the running batch (continuous batching across requests). Driving
 vLLM's `LLMEngine` from one thread measured 3x faster than `AsyncLLM`'s asyncio front-end on 30 s windows
 (docs/history/benchmarks-2026-11.md). Callers prepare their windows' inputs (the log-mel) in their own threads, so the
-driver only adds and steps. Every STATS_INTERVAL_S while busy it logs how full vLLM's batch was: with too
+driver only adds and steps. A caller whose request is cancelled has its windows aborted in vLLM by this
+thread too, between steps. Every STATS_INTERVAL_S while busy it logs how full vLLM's batch was: with too
 few windows in flight the GPU idles, whatever the engine's own speed.
 """
 
