@@ -64,6 +64,22 @@ def _run(pool: FrontEndProcesses, source: AudioSource, key: str = "k", info: Run
     return list(pool.transcribe(key, source, ENGLISH, info or RunInfo()))
 
 
+def _start_long(pool: FrontEndProcesses) -> tuple[threading.Thread, list[BaseException]]:
+    """The long clip (several windows: more than one engine call) as request "long", in a thread; what it
+    raised lands in the list."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _run(pool, AudioSource(LONG), "long")
+        except BaseException as exc:
+            failure.append(exc)
+
+    request = threading.Thread(target=run)
+    request.start()
+    return request, failure
+
+
 def test_a_worker_transcribes_as_this_process_does(served: _Served, tiny_engine: CTranslate2Engine) -> None:
     pool = served.pool(1, tiny_engine)
     try:
@@ -195,17 +211,8 @@ def test_a_cancelled_request_ends_after_its_engine_call_and_makes_no_more(tiny_e
 
     endpoint = _Served(tiny_engine, call)
     pool = endpoint.pool(1, tiny_engine)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            _run(pool, AudioSource(LONG), "long")  # several windows: more than one engine call
-        except BaseException as exc:
-            failure.append(exc)
-
     try:
-        request = threading.Thread(target=run)
-        request.start()
+        request, failure = _start_long(pool)
         assert arrived.acquire(timeout=30)
         pool.cancel("long")
         request.join(timeout=1.0)
@@ -240,17 +247,8 @@ def test_an_engine_that_drops_a_cancelled_call_ends_the_request_at_once(tiny_eng
 
     endpoint = _Served(tiny_engine, call)
     pool = endpoint.pool(1, tiny_engine)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            _run(pool, AudioSource(LONG), "long")
-        except BaseException as exc:
-            failure.append(exc)
-
     try:
-        request = threading.Thread(target=run)
-        request.start()
+        request, failure = _start_long(pool)
         assert arrived.wait(timeout=30)
         assert not dropped.is_set()
         pool.cancel("long")

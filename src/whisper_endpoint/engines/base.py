@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -128,6 +129,17 @@ class Cancellation:
         with self._lock:
             if callback in self._callbacks:
                 self._callbacks.remove(callback)
+
+
+@contextmanager
+def on_cancel(cancellation: Cancellation | None, callback: Callable[[], None]) -> Iterator[None]:
+    """`callback` runs if `cancellation` (where given) is set while the block runs, or was set before."""
+    forget = cancellation.on_set(callback) if cancellation else None
+    try:
+        yield
+    finally:
+        if forget:
+            forget()
 
 
 class Engine(Protocol):

@@ -34,6 +34,7 @@ from whisper_endpoint.engines.base import (
     Generation,
     SamplingOptions,
     WindowInput,
+    on_cancel,
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
 from whisper_endpoint.ipc import PEER_GONE, BatchingSender, MessageSocket, picklable, spawn_child
@@ -248,12 +249,8 @@ class RemoteEngine(DescribedEngine):
     ) -> list[Any]:
         parts = [items[i : i + MAX_WINDOWS_PER_MESSAGE] for i in range(0, len(items), MAX_WINDOWS_PER_MESSAGE)]
         sent = [self._send(method, (list(part), *rest)) for part in parts]
-        forget = cancellation.on_set(lambda: self._abort([call_id for call_id, _ in sent])) if cancellation else None
-        try:
+        with on_cancel(cancellation, lambda: self._abort([call_id for call_id, _ in sent])):
             return [result for _, future in sent for result in future.result()]
-        finally:
-            if forget:
-                forget()
 
     def _abort(self, call_ids: list[int]) -> None:
         """The engine may drop these calls' windows; each call then answers CancelledRequestError."""

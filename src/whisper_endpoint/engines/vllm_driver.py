@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from whisper_endpoint.engines.base import Cancellation
+from whisper_endpoint.engines.base import Cancellation, on_cancel
 from whisper_endpoint.errors import CancelledRequestError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,8 @@ class EngineDriver:
                 self._inbox.put((request, future))
             futures.append(future)
         # After the windows: the inbox is read in order, so an abort never overtakes what it aborts.
-        forget = cancellation.on_set(lambda: self._inbox.put((_ABORT, ids))) if cancellation else None
-        try:
+        with on_cancel(cancellation, lambda: self._inbox.put((_ABORT, ids))):
             return [f.result() for f in futures]
-        finally:
-            if forget:
-                forget()
 
     def close(self) -> None:
         self._inbox.put(_STOP)
