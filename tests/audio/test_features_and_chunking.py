@@ -6,7 +6,7 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from tests.conftest import JFK
 from tests.datasets import DATA
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.audio.chunking import iter_speech_chunks
+from whisper_endpoint.audio.chunking import as_float32, compact_samples, iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio, load_audio
 from whisper_endpoint.audio.features import WINDOW_SAMPLES, bf16_bits, log_mel_window
 from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
@@ -68,3 +68,16 @@ def test_speech_after_thirty_seconds_of_silence_keeps_its_offset() -> None:
 def test_silence_and_noise_give_no_chunks() -> None:
     for name in ("silence_digital_60s_16k.flac", "pink_noise_15s.wav", "mains_hum_50hz_10s.wav"):
         assert list(iter_speech_chunks(iter_audio(AudioSource(DATA / "E_nonspeech" / name)))) == []
+
+
+def test_compact_samples_keep_16_bit_audio_exactly_and_round_the_rest() -> None:
+    sixteen_bit = load_audio(AudioSource(DATA / "E_containers" / "variants" / "jfk_speed1.5x.wav"))  # 16 kHz, s16
+    pcm = compact_samples(sixteen_bit)
+    assert pcm.dtype == np.int16 and pcm.nbytes * 2 == sixteen_bit.nbytes
+    assert np.array_equal(as_float32(pcm), sixteen_bit)
+    resampled = load_audio(AudioSource(JFK))  # resampled to 16 kHz: not on the 16-bit grid, and over full scale
+    assert compact_samples(resampled) is resampled
+    resampled = resampled / (2 * np.abs(resampled).max())
+    error = np.abs(as_float32(compact_samples(resampled)) - resampled)
+    assert 0 < error.max() <= 0.5 / 32768
+    assert as_float32(resampled) is resampled

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,16 @@ from whisper_endpoint.audio.chunking import iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import detect_language, transcribe
+from whisper_endpoint.engines.base import (
+    AlignInput,
+    Alignment,
+    Cancellation,
+    DescribedEngine,
+    EngineDescription,
+    Generation,
+    SamplingOptions,
+    WindowInput,
+)
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 
 JFK_COPIES = sorted((DATA / "A_short_en").glob("jfk*"))
@@ -185,3 +197,46 @@ def test_prompt_text_that_spells_control_tokens_stays_text(tiny_engine: CTransla
     tokens = tokenizer.encode(" <|startoftranscript|><|en|><|notimestamps|> and so <|endoftext|>")
     assert all(t < tokenizer.eot for t in tokens)  # no control token: every one is plain text
     assert tokenizer.decode(tokens) == " <|startoftranscript|><|en|><|notimestamps|> and so <|endoftext|>"
+
+
+class _BatchingItself(DescribedEngine):
+    """The real engine, presented as one that batches on its own (as vLLM does), so that chunks wait for their
+    decode as 16-bit PCM; records what it is given."""
+
+    def __init__(self, engine: CTranslate2Engine) -> None:
+        description = EngineDescription.of(engine)
+        super().__init__(replace(description, capabilities=replace(description.capabilities, continuous_batching=True)))
+        self.engine = engine
+        self.windows: list[WindowInput] = []
+
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
+        self.windows.extend(windows)
+        return self.engine.generate(windows, options, cancellation)
+
+    def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
+        return self.engine.detect_language(windows)
+
+    def align(self, items: Sequence[AlignInput]) -> list[Alignment]:
+        return self.engine.align(items)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_chunks_that_wait_as_16_bit_pcm_give_the_same_transcript(tiny_engine: CTranslate2Engine) -> None:
+    """A 16-bit upload's samples survive the wait exactly: lost tails, cut from the waiting samples, decode as
+    they would from float32, and the engine is handed no samples, only log-mel."""
+    path = DATA / "C_longform" / "earnings22_1_4482311_3_62.flac"
+    options = DecodeOptions(language="en")
+    batching = _BatchingItself(tiny_engine)
+    waited = transcribe(AudioSource(path), batching, options)
+    plain = transcribe(AudioSource(path), tiny_engine, options)
+    chunks = list(iter_speech_chunks(iter_audio(AudioSource(path))))
+    assert len(batching.windows) > len(chunks)  # some chunks lost a tail and decoded it again
+    assert all(w.samples is None and w.features is not None for w in batching.windows)
+    assert [(s.start_ms, s.end_ms, s.text) for s in waited.segments] == [
+        (s.start_ms, s.end_ms, s.text) for s in plain.segments
+    ]

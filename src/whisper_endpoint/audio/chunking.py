@@ -26,10 +26,31 @@ class VadOptions:
     max_chunk_samples: int = WINDOW_SAMPLES
 
 
+PCM16_FULL_SCALE = 32768  # float samples in [-1, 1) as 16-bit integers
+
+
+def compact_samples(samples: np.ndarray) -> np.ndarray:
+    """Float samples as 16-bit PCM, in half the bytes: exact for audio decoded from a 16-bit source (FLAC, WAV,
+    the usual upload), otherwise rounded to 16 bits as a 16-bit file would have been. Audio with a sample
+    outside 16 bits' range stays float32 (clipping would change more than rounding)."""
+    if samples.size and np.abs(samples).max() > (PCM16_FULL_SCALE - 1) / PCM16_FULL_SCALE:
+        return samples
+    pcm: np.ndarray = np.rint(samples * PCM16_FULL_SCALE).astype(np.int16)
+    return pcm
+
+
+def as_float32(samples: np.ndarray) -> np.ndarray:
+    """Samples as float32, from either form."""
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) / PCM16_FULL_SCALE
+    return samples
+
+
 @dataclass(frozen=True)
 class AudioChunk:
     """Audio from `start` (absolute sample offset in the file) for len(samples) samples, and where
-    known, the VAD's speech probability per FRAME_SAMPLES frame from `start` (so it is not run twice)."""
+    known, the VAD's speech probability per FRAME_SAMPLES frame from `start` (so it is not run twice). The
+    samples are float32, or 16-bit PCM (`compact_samples`) while a chunk whose log-mel is made waits for its decode."""
 
     start: int
     samples: np.ndarray

@@ -10,7 +10,7 @@ from itertools import islice
 import numpy as np
 
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.audio.chunking import AudioChunk, iter_speech_chunks
+from whisper_endpoint.audio.chunking import AudioChunk, as_float32, compact_samples, iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio
 from whisper_endpoint.audio.features import HOP_LENGTH, WINDOW_SAMPLES, bf16_bits, log_mel_window
 from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
@@ -189,6 +189,8 @@ def _batched(ctx: _Context, chunks: Iterator[AudioChunk], progress: ProgressCall
     while group := list(islice(chunks, ctx.options.batch_size)):
         features = [_features(ctx.engine, c.samples) for c in group]
         _detect_language(ctx, features[0], group[0].samples)
+        if _samples_wait_for_tails(ctx.engine):
+            group = [replace(c, samples=compact_samples(c.samples)) for c in group]
         decoded = _decode_chunks(ctx, group, features)
         # Whisper often stops before the last words of a full window; decode such tails again.
         tails = {i: t for i, (c, d) in enumerate(zip(group, decoded, strict=True)) if (t := _lost_tail(ctx, c, d))}
@@ -206,11 +208,22 @@ def _batched(ctx: _Context, chunks: Iterator[AudioChunk], progress: ProgressCall
             progress(samples_to_ms(group[-1].end))
 
 
+def _samples_wait_for_tails(engine: Engine) -> bool:
+    """Whether a chunk's samples, once its log-mel is made, only wait to cut a lost tail: an engine that takes
+    our log-mel and batches on its own (nothing packs windows in front of it) never reads them. Under load
+    hundreds of chunks wait like this (vLLM), so they wait as 16-bit PCM, in half the bytes."""
+    caps = engine.capabilities
+    return caps.log_mel_input and caps.continuous_batching
+
+
 def _decode_chunks(ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray | None]) -> list[Decoded]:
     if not chunks:
         return []
+    with_samples = not _samples_wait_for_tails(ctx.engine)
     windows = [
-        WindowInput(f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)), c.samples)
+        WindowInput(
+            f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)), c.samples if with_samples else None
+        )
         for f, c in zip(features, chunks, strict=True)
     ]
     return decode_with_fallback(ctx.engine, windows, ctx.options)
@@ -225,7 +238,7 @@ def _lost_tail(ctx: _Context, chunk: AudioChunk, decoded: Decoded) -> AudioChunk
     covered_ms = timed[-1].end_ms if timed else 0
     if window_ms - covered_ms < MIN_LOST_TAIL_MS:
         return None
-    rest = chunk.samples[covered_ms * SAMPLE_RATE // 1000 :]
+    rest = as_float32(chunk.samples[covered_ms * SAMPLE_RATE // 1000 :])
     probs = chunk.speech_probs[-(-len(rest) // FRAME_SAMPLES) :] if chunk.speech_probs is not None else None
     tail = AudioChunk(chunk.start + len(chunk.samples) - len(rest), rest, probs)
     return tail if _speech_frames(tail).any() else None
@@ -339,7 +352,10 @@ def _words(
 
 def _speech_frames(chunk: AudioChunk) -> np.ndarray:
     """Per VAD frame of the chunk, whether it holds speech; the chunker's probabilities where it kept them."""
-    probs = chunk.speech_probs if chunk.speech_probs is not None else VadStream().feed(chunk.samples, final=True)
+    if chunk.speech_probs is not None:
+        probs = chunk.speech_probs
+    else:
+        probs = VadStream().feed(as_float32(chunk.samples), final=True)
     return probs >= SPEECH_PROB
 
 
