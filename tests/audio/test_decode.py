@@ -60,3 +60,20 @@ def test_duration_limit_stops_decoding() -> None:
     path = DATA / "E_containers" / "variants" / "jfk_x10_110s.wav"
     with pytest.raises(AudioTooLongError):
         list(iter_audio(AudioSource(path, max_duration_s=60)))
+
+
+def _os_threads() -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts threads through Linux's /proc")
+def test_finished_decodes_leave_no_threads_behind() -> None:
+    """PyAV 19's resampler runs a filter graph with a thread per core unless told otherwise, and a finished
+    decode's graph lives until the cycle collector runs: a busy server would carry thousands of threads."""
+    path = DATA / "E_containers" / "jfk_44k_stereo_128k.mp3"  # resampled: 44.1 kHz stereo to 16 kHz mono
+    load_audio(AudioSource(path))
+    before = _os_threads()
+    for _ in range(4):
+        assert len(load_audio(AudioSource(path))) > 10 * SAMPLE_RATE
+    assert _os_threads() == before
