@@ -35,7 +35,6 @@ _HEADER = struct.Struct("!QI")  # the pickle's length in bytes, how many out-of-
 BUFFER_ALIGN_BYTES = 16  # each buffer starts at such an offset in the message, as numpy's allocations do
 MAX_PARTS_PER_SEND = 512  # under the kernel's limit on the pieces of one sendmsg (IOV_MAX, 1024 on Linux)
 _PR_SET_NAME = 15  # prctl's option that names the calling thread (linux/prctl.h)
-_M_ARENA_MAX = -8  # mallopt's option that caps the number of malloc arenas (malloc.h)
 
 
 class MessageSocket:
@@ -228,14 +227,6 @@ def set_process_name(name: str) -> None:
     where that call is missing."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or no C library to call
         ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
-def limit_malloc_arenas(arenas: int) -> None:
-    """Cap glibc's malloc arenas for this process (M_ARENA_MAX); nothing where glibc is missing. glibc gives
-    threads arenas of their own (up to 8 per core); a process whose many threads each hold megabytes for a while
-    then keeps freed memory spread over all of them."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
 
 
 def picklable(exc: BaseException) -> BaseException:

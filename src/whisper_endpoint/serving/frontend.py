@@ -30,7 +30,7 @@ from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments
 from whisper_endpoint.engines.base import Cancellation, Engine, EngineDescription, SamplingOptions
 from whisper_endpoint.errors import AudioDecodeError, CancelledRequestError, EngineFailedError, ShuttingDownError
 from whisper_endpoint.formats.transcript import Segment
-from whisper_endpoint.ipc import BatchingSender, MessageSocket, limit_malloc_arenas, picklable, spawn_child
+from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
 from whisper_endpoint.serving.scheduler import RequestEngine, Run, run_on
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
 MAX_REQUESTS_PER_WORKER = 1024  # threads, each mostly waiting for the engine
 MAX_ITEMS_PER_MESSAGE = 256  # requests, cancellations, segments and progress are small
-# Its request threads each hold a window's samples and log-mel while they wait for the engine; in two arenas
-# rather than glibc's default (up to 8 per core) a worker held 20 % less per waiting request (2.82 against
-# 3.53 MiB, 128 requests of 30 s).
-MALLOC_ARENAS = 2
 
 
 def _connect(addresses: Sequence[str], description: EngineDescription) -> Engine:
@@ -75,7 +71,6 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
     Sends lists of (key, kind, payload): ("segment", Segment), ("decoded", samples so far), ("done", RunInfo),
     ("error", exception)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server drains on Ctrl-C, then stops its workers
-    limit_malloc_arenas(MALLOC_ARENAS)
     from whisper_endpoint.audio.vad import _session
 
     try:
