@@ -19,7 +19,7 @@ from tests.datasets import DATA
 from tests.serving.abuse import raw_connection, read_all, silent_webm_without_duration, wait_for
 from tests.serving.process import server_process
 
-SOAK_S = float(os.environ.get("WHISPER_SOAK_S", "45"))
+SOAK_S = float(os.environ.get("WHISPER_SOAK_S", "30"))
 CLIENTS = 6
 MAX_UPLOAD_BYTES = 3 * 1024 * 1024
 MAX_AUDIO_S = 300
