@@ -168,7 +168,8 @@ def detect_language(
         raise UnsupportedFeatureError(f"the {engine.name} engine cannot detect the language", param="language")
     if features is None:
         features = _features(engine, samples)
-    probs = engine.detect_language([WindowInput(features, (), samples_to_ms(len(samples)), samples)])[0]
+    window = WindowInput(features, (), samples_to_ms(len(samples)), samples if _reads_samples(engine) else None)
+    probs = engine.detect_language([window])[0]
     if candidates:
         probs = {code: prob for code, prob in probs.items() if code in candidates} or probs
     code, prob = max(probs.items(), key=lambda kv: kv[1])
@@ -189,7 +190,7 @@ def _batched(ctx: _Context, chunks: Iterator[AudioChunk], progress: ProgressCall
     while group := list(islice(chunks, ctx.options.batch_size)):
         features = [_features(ctx.engine, c.samples) for c in group]
         _detect_language(ctx, features[0], group[0].samples)
-        if _samples_wait_for_tails(ctx.engine):
+        if not _reads_samples(ctx.engine):  # they wait only to cut a lost tail: in half the bytes
             group = [replace(c, samples=compact_samples(c.samples)) for c in group]
         decoded = _decode_chunks(ctx, group, features)
         # Whisper often stops before the last words of a full window; decode such tails again.
@@ -208,18 +209,18 @@ def _batched(ctx: _Context, chunks: Iterator[AudioChunk], progress: ProgressCall
             progress(samples_to_ms(group[-1].end))
 
 
-def _samples_wait_for_tails(engine: Engine) -> bool:
-    """Whether a chunk's samples, once its log-mel is made, only wait to cut a lost tail: an engine that takes
-    our log-mel and batches on its own (nothing packs windows in front of it) never reads them. Under load
-    hundreds of chunks wait like this (vLLM), so they wait as 16-bit PCM, in half the bytes."""
+def _reads_samples(engine: Engine) -> bool:
+    """Whether the engine is handed windows' samples: an engine that takes our log-mel and batches on its own
+    (nothing packs windows in front of it) never reads them, so they neither travel to it nor, under load
+    (hundreds of chunks waiting for vLLM), wait beside their log-mel as float32."""
     caps = engine.capabilities
-    return caps.log_mel_input and caps.continuous_batching
+    return not (caps.log_mel_input and caps.continuous_batching)
 
 
 def _decode_chunks(ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray | None]) -> list[Decoded]:
     if not chunks:
         return []
-    with_samples = not _samples_wait_for_tails(ctx.engine)
+    with_samples = _reads_samples(ctx.engine)
     windows = [
         WindowInput(
             f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)), c.samples if with_samples else None
@@ -255,7 +256,8 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
             continue
         features = _features(ctx.engine, window.samples)
         _detect_language(ctx, features, window.samples)
-        window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)), window.samples)
+        samples = window.samples if _reads_samples(ctx.engine) else None
+        window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)), samples)
         decoded = decode_with_fallback(ctx.engine, [window_input], ctx.options)
         segments = list(_emit(ctx, [window], [features], decoded, keep_tail=False))
         yield from segments

@@ -27,11 +27,11 @@ from typing import Any
 from whisper_endpoint.audio.decode import AudioSource
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import RunInfo, iter_segments
-from whisper_endpoint.engines.base import Cancellation, Engine, EngineDescription, SamplingOptions
+from whisper_endpoint.engines.base import Cancellation, Engine, EngineDescription
 from whisper_endpoint.errors import AudioDecodeError, CancelledRequestError, EngineFailedError, ShuttingDownError
 from whisper_endpoint.formats.transcript import Segment
 from whisper_endpoint.ipc import BatchingSender, MessageSocket, picklable, spawn_child
-from whisper_endpoint.serving.scheduler import RequestEngine, Run, run_on
+from whisper_endpoint.serving.scheduler import RequestEngine, run_on
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +49,6 @@ def _connect(addresses: Sequence[str], description: EngineDescription) -> Engine
     return engines[0] if len(engines) == 1 else EnginePool(engines)
 
 
-def _sent(engine: Engine) -> Run:
-    """Calls of the worker's engine, windows as they travel: an engine that batches on its own (nothing packs
-    windows in front of it) and takes our log-mel needs no samples, which would be most of the bytes."""
-    run = run_on(engine)
-    if not (engine.capabilities.continuous_batching and engine.capabilities.log_mel_input):
-        return run
-
-    def without_samples(
-        kind: str, items: Sequence[Any], options: SamplingOptions | None, cancellation: Cancellation | None
-    ) -> list[Any]:
-        if kind != "align":
-            items = [replace(w, samples=None) if w.features is not None else w for w in items]
-        return run(kind, items, options, cancellation)
-
-    return without_samples
-
-
 def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDescription) -> None:
     """A worker process. Receives lists of ("start", key, source, options) and ("cancel", key), or None: stop.
     Sends lists of (key, kind, payload): ("segment", Segment), ("decoded", samples so far), ("done", RunInfo),
@@ -81,7 +64,7 @@ def _work(conn: MessageSocket, addresses: Sequence[str], description: EngineDesc
         return
     conn.send(("ready", None))
     sender = BatchingSender(conn, "front-end-replies", MAX_ITEMS_PER_MESSAGE)
-    calls = _sent(engine)
+    calls = run_on(engine)
     cancelled: dict[str, Cancellation] = {}
     front_end = threading.BoundedSemaphore(1)  # one interpreter: one request's front-end work at a time
 
