@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -58,6 +59,18 @@ def served(tiny_engine: CTranslate2Engine) -> Iterator[_Served]:
     endpoint = _Served(tiny_engine)
     yield endpoint
     endpoint.close()
+
+
+@contextmanager
+def _one_worker(call: Any, engine: Engine, described: Engine | None = None) -> Iterator[FrontEndProcesses]:
+    """One worker whose engine calls `call` answers in this process (as `described`, where given)."""
+    endpoint = _Served(engine, call)
+    pool = FrontEndProcesses(1, [endpoint.listener.address], described or engine)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        endpoint.close()
 
 
 def _run(pool: FrontEndProcesses, source: AudioSource, key: str = "k", info: RunInfo | None = None) -> list[Segment]:
@@ -181,13 +194,8 @@ def test_an_engine_that_batches_on_its_own_gets_the_log_mel_in_bf16_and_no_sampl
 
     capabilities = replace(tiny_engine.capabilities, continuous_batching=True, log_mel_bf16=True)
     batching = replace(EngineDescription.of(tiny_engine), capabilities=capabilities)
-    endpoint = _Served(tiny_engine, call)
-    pool = FrontEndProcesses(1, [endpoint.listener.address], DescribedEngine(batching))  # type: ignore[arg-type]
-    try:
+    with _one_worker(call, tiny_engine, DescribedEngine(batching)) as pool:  # type: ignore[arg-type]
         text = " ".join(s.text for s in _run(pool, AudioSource(JFK)))
-    finally:
-        pool.close()
-        endpoint.close()
     assert arrived and all(dtype == np.uint16 and no_samples for dtype, no_samples in arrived)
     assert english_normalizer()(text) == english_normalizer()(JFK_TEXT)
 
@@ -209,25 +217,22 @@ def test_a_cancelled_request_ends_after_its_engine_call_and_makes_no_more(tiny_e
         go_on.wait(30)
         return getattr(tiny_engine, method)(*args)
 
-    endpoint = _Served(tiny_engine, call)
-    pool = endpoint.pool(1, tiny_engine)
-    try:
-        request, failure = _start_long(pool)
-        assert arrived.acquire(timeout=30)
-        pool.cancel("long")
-        request.join(timeout=1.0)
-        assert request.is_alive()  # still admitted: the engine is still working for it
-        made = len(calls)
-        go_on.set()
-        request.join(timeout=30)
-        assert not request.is_alive() and isinstance(failure[0], CancelledRequestError)
-        time.sleep(1.0)
-        assert len(calls) == made  # the worker made no call after the one in flight
-        assert _run(pool, AudioSource(JFK))  # and serves the next request
-    finally:
-        go_on.set()
-        pool.close()
-        endpoint.close()
+    with _one_worker(call, tiny_engine) as pool:
+        try:
+            request, failure = _start_long(pool)
+            assert arrived.acquire(timeout=30)
+            pool.cancel("long")
+            request.join(timeout=1.0)
+            assert request.is_alive()  # still admitted: the engine is still working for it
+            made = len(calls)
+            go_on.set()
+            request.join(timeout=30)
+            assert not request.is_alive() and isinstance(failure[0], CancelledRequestError)
+            time.sleep(1.0)
+            assert len(calls) == made  # the worker made no call after the one in flight
+            assert _run(pool, AudioSource(JFK))  # and serves the next request
+        finally:
+            go_on.set()
 
 
 @pytest.mark.slow
@@ -245,9 +250,7 @@ def test_an_engine_that_drops_a_cancelled_call_ends_the_request_at_once(tiny_eng
                 raise CancelledRequestError("request cancelled")
         return getattr(tiny_engine, method)(*args)
 
-    endpoint = _Served(tiny_engine, call)
-    pool = endpoint.pool(1, tiny_engine)
-    try:
+    with _one_worker(call, tiny_engine) as pool:
         request, failure = _start_long(pool)
         assert arrived.wait(timeout=30)
         assert not dropped.is_set()
@@ -256,9 +259,6 @@ def test_an_engine_that_drops_a_cancelled_call_ends_the_request_at_once(tiny_eng
         assert dropped.is_set() and not request.is_alive()
         assert isinstance(failure[0], CancelledRequestError)
         assert _run(pool, AudioSource(JFK))  # the worker serves the next request
-    finally:
-        pool.close()
-        endpoint.close()
 
 
 def test_a_worker_that_cannot_start_is_a_503_not_a_bad_upload(
@@ -345,9 +345,7 @@ def test_requests_beside_one_that_kills_the_worker_start_again_elsewhere(
             time.sleep(1.0)
         return getattr(tiny_engine, method)(*args)
 
-    endpoint = _Served(tiny_engine, call)
-    pool = endpoint.pool(1, tiny_engine)
-    try:
+    with _one_worker(call, tiny_engine) as pool:
         with ThreadPoolExecutor(1) as requests:
             innocent = requests.submit(_run, pool, AudioSource(JFK), "innocent")
             assert arrived.wait(timeout=30)  # it waits for the engine in the worker
@@ -356,9 +354,6 @@ def test_requests_beside_one_that_kills_the_worker_start_again_elsewhere(
             texts = [s.text for s in innocent.result(timeout=60)]
         assert english_normalizer()(" ".join(texts)) == english_normalizer()(JFK_TEXT)
         assert generated == [1, 1]  # JFK's one window: in the worker that died, then again alone
-    finally:
-        pool.close()
-        endpoint.close()
 
 
 @pytest.mark.slow
