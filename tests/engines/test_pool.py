@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,6 +74,8 @@ def test_pool_keeps_order_and_gives_the_faster_engine_more_windows() -> None:
 
 
 def test_more_gpus_than_visible_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = SimpleNamespace(nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 2)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)  # two GPUs on the host, one of them visible to us
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     with pytest.raises(EngineUnavailableError, match="--gpus 2 asked for, but 1 GPU"):
         vllm_pool(Settings(engine="vllm", gpus=2))

@@ -372,17 +372,39 @@ def test_driver_reports_how_full_the_batch_was(caplog: pytest.LogCaptureFixture)
     assert re.search(r", \d+ ms a second adding windows$", reports[-1])
 
 
-def test_a_gpu_is_seen_through_vllm_where_ctranslate2_has_no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+def _nvml(monkeypatch: pytest.MonkeyPatch, devices: int) -> None:
+    nvml = SimpleNamespace(nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: devices)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_a_gpu_is_seen_through_nvml_where_ctranslate2_has_no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU host with vLLM, CTranslate2's CPU-only build (or none) must not hide the GPU from `--engine vllm`."""
     import whisper_endpoint.engines as engines
-    import whisper_endpoint.engines.vllm as vllm_engine_module
 
-    monkeypatch.setattr(engines, "vllm_installed", lambda: True)
-    monkeypatch.setattr(vllm_engine_module, "cuda_capability", lambda: (9, 0))
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # `import ctranslate2` fails
-    assert engines.cuda_available()
-    monkeypatch.setattr(vllm_engine_module, "cuda_capability", lambda: None)
+    _nvml(monkeypatch, 2)
+    assert engines.cuda_available() and engines.visible_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert engines.visible_gpus() == ["1"]
+    _nvml(monkeypatch, 0)
     assert not engines.cuda_available()
+
+
+def test_the_server_checks_for_the_gpu_without_loading_vllm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """vLLM, and torch under it, load in the engine process only: the server process once found the GPU through
+    vLLM's platform layer and carried torch from then on."""
+    import whisper_endpoint.engines as engines
+
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("raise RuntimeError('vLLM imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)
+    _nvml(monkeypatch, 1)
+    engines.check_engine(Settings(engine="vllm"))  # raises where it finds no GPU
+    assert engines.choose_engine(Settings()) == "vllm"
+    assert "vllm" not in sys.modules
 
 
 class _Inputs:
@@ -442,3 +464,4 @@ def test_what_callers_send_follows_the_log_mel_check_at_start(
         assert built == {"prompt": [1, 2]}  # our features, as the processed input
     else:
         assert "encoder_prompt" in built  # the samples, for vLLM's own processing
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from whisper_endpoint.errors import EngineUnavailableError, InvalidSettingsError
@@ -14,13 +15,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def cuda_available() -> bool:
-    """An NVIDIA GPU is visible: through vLLM's platform layer (NVML) where vLLM is installed, else CTranslate2."""
-    if vllm_installed():
-        from whisper_endpoint.engines.vllm import cuda_capability
+def visible_gpus() -> list[str]:
+    """The NVIDIA GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or their indices), found through
+    NVML (nvidia-ml-py, which vLLM installs), never through vLLM: importing any of vLLM loads torch, which only
+    the engine process needs (the server process carried it for this check alone)."""
+    try:
+        import pynvml
 
-        if cuda_capability() is not None:
-            return True
+        pynvml.nvmlInit()
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if count and listed is not None:
+        return [d for d in listed.split(",") if d.strip()]
+    return [str(i) for i in range(count)]
+
+
+def cuda_available() -> bool:
+    """An NVIDIA GPU is visible: through NVML where it is installed (with vLLM), else through CTranslate2."""
+    if visible_gpus():
+        return True
     try:
         import ctranslate2
 

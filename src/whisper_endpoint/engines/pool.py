@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from whisper_endpoint.config import Settings
+from whisper_endpoint.engines import visible_gpus
 from whisper_endpoint.engines.base import (
     AlignInput,
     Alignment,
@@ -104,20 +105,6 @@ def split_cpus(cpus: set[int], parts: int) -> list[frozenset[int] | None]:
         return [None] * parts
     bounds = [len(ordered) * i // parts for i in range(parts + 1)]
     return [frozenset(ordered[bounds[i] : bounds[i + 1]]) for i in range(parts)]
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or their indices)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d for d in listed.split(",") if d.strip()]
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
-    except Exception:
-        return []
 
 
 def vllm_pool(settings: Settings) -> Engine:
