@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -465,3 +466,78 @@ def test_what_callers_send_follows_the_log_mel_check_at_start(
     else:
         assert "encoder_prompt" in built  # the samples, for vLLM's own processing
 
+
+class _RecordingFeatures:
+    """FeatureInputs that keeps nothing of a window's features in the request it builds (as vLLM's request
+    holds them until sent, and no longer)."""
+
+    bf16 = True
+
+    def build(self, features: np.ndarray, prompt: tuple[int, ...]) -> dict[str, Any]:
+        return {"prompt": list(prompt), "first": int(features.flat[0])}
+
+
+class _RememberingEngine(FakeLLMEngine):
+    """Once `count` windows are in vLLM, notes which of the windows' features anything else still holds (waiting
+    up to 0.5 s for the caller to let them go); each output is a timestamp pair."""
+
+    def __init__(self, refs: list[weakref.ref[np.ndarray]], timestamp: int) -> None:
+        super().__init__(steps_per_request=2, hold_first_step_until=len(refs))
+        self.refs, self.timestamp = refs, timestamp
+        self.alive_while_decoding: list[bool] | None = None
+
+    def step(self) -> list[SimpleNamespace]:
+        if self.alive_while_decoding is None and len(self.left) == len(self.refs):
+            deadline = time.monotonic() + 0.5
+            while any(r() is not None for r in self.refs) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.alive_while_decoding = [r() is not None for r in self.refs]
+        done = super().step()
+        completion = SimpleNamespace(token_ids=[self.timestamp, self.timestamp + 50], logprobs=None)
+        return [SimpleNamespace(**vars(o), outputs=[completion], prompt_logprobs=None) for o in done]
+
+
+def _vllm_engine_on(fake: FakeLLMEngine, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A VllmEngine whose vLLM is `fake` (no GPU, no vLLM installed)."""
+    from whisper_endpoint.decoding.rules import RuleTokens
+    from whisper_endpoint.engines import vllm
+    from whisper_endpoint.engines.vllm_driver import EngineDriver
+
+    install_modules(
+        monkeypatch,
+        {
+            "vllm": {"SamplingParams": lambda **kwargs: SimpleNamespace(**kwargs)},
+            "vllm.sampling_params": {"RequestOutputKind": SimpleNamespace(FINAL_ONLY="final")},
+        },
+    )
+    engine = object.__new__(vllm.VllmEngine)
+    engine.tokenizer, engine.rule_tokens = tokenizer, RuleTokens.of(tokenizer)
+    engine.scores, engine.model_suppress, engine.forced_tokens_per_30s = True, (), None
+    engine._inputs = _RecordingFeatures()
+    engine._driver = EngineDriver(fake, stats_interval_s=3600)
+    return engine
+
+
+@pytest.mark.parametrize("handed_over", [True, False], ids=["from another process", "a caller's own list"])
+def test_each_windows_log_mel_goes_once_vllm_has_it_where_nothing_else_holds_it(
+    monkeypatch: pytest.MonkeyPatch, engine: CTranslate2Engine, handed_over: bool
+) -> None:
+    """The engine process's windows (about a thousand under load, 0.77 MB of log-mel each) are let go as vLLM
+    takes them, not when their call returns; a caller in the same process keeps its own windows whole."""
+    from whisper_endpoint.engines.base import Cancellation
+    from whisper_endpoint.engines.process import engine_handler
+
+    received = [WindowInput(np.full((128, 3000), i, np.uint16), (engine.tokenizer.sot,), 30_000) for i in range(3)]
+    refs = [weakref.ref(w.features) for w in received if w.features is not None]
+    fake = _RememberingEngine(refs, engine.tokenizer.timestamp_begin)
+    vllm_engine = _vllm_engine_on(fake, engine.tokenizer, monkeypatch)
+    options = SamplingOptions(no_speech_prob=False)
+    if handed_over:
+        generations = engine_handler(vllm_engine)("generate", (received, options), Cancellation())
+    else:
+        generations = vllm_engine.generate(received, options)
+    vllm_engine._driver.close()
+    tb = engine.tokenizer.timestamp_begin
+    assert [g.tokens for g in generations] == [(tb, tb + 50)] * 3
+    assert fake.alive_while_decoding == [not handed_over] * 3
+    assert len(received) == (0 if handed_over else 3)  # the message's list is emptied; a caller's own is not

@@ -32,6 +32,7 @@ from whisper_endpoint.engines.base import (
     Engine,
     EngineDescription,
     Generation,
+    HandedOverWindows,
     SamplingOptions,
     WindowInput,
     on_cancel,
@@ -133,16 +134,26 @@ class EngineListener:
 
 
 def engine_handler(engine: Engine) -> CallHandler:
-    """Calls answered by `engine`'s own methods; a generate call's windows may be dropped once its caller
-    aborts it."""
+    """Calls answered by `engine`'s own methods. A call's windows are handed over (HandedOverWindows): neither
+    the message they came in nor the call's arguments keep them, so each can go once the engine has its own
+    copy. A generate call's windows may be dropped once its caller aborts it."""
 
     def call(method: str, args: tuple[Any, ...], cancellation: Cancellation) -> Any:
         if method == "generate":
-            windows, options = args
-            return engine.generate(windows, options, cancellation)
+            received, options = args
+            return engine.generate(_handed_over(received), options, cancellation)
+        if method == "detect_language":
+            (received,) = args
+            return engine.detect_language(_handed_over(received))
         return getattr(engine, method)(*args)
 
     return call
+
+
+def _handed_over(received: list[WindowInput]) -> HandedOverWindows:
+    windows = HandedOverWindows(received)
+    received.clear()  # the list the message and the call's arguments hold
+    return windows
 
 
 def _serve(

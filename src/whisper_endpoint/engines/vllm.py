@@ -31,6 +31,7 @@ from whisper_endpoint.engines.base import (
     Cancellation,
     Capabilities,
     Generation,
+    HandedOverWindows,
     SamplingOptions,
     WindowInput,
     sampling_seed,
@@ -352,46 +353,51 @@ class VllmEngine:
         from vllm.sampling_params import RequestOutputKind
 
         params = [SamplingParams(**kw, output_kind=RequestOutputKind.FINAL_ONLY) for kw in kwargs]
-        return self._driver.submit(windows, params, self._engine_input, cancellation)
+        # The driver empties the list it is given as vLLM takes each window: handed-over windows go as they are,
+        # a caller's own as a copy of the list.
+        taken = windows if isinstance(windows, HandedOverWindows) else list(windows)
+        return self._driver.submit(taken, params, self._engine_input, cancellation)
 
     def generate(
         self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
     ) -> list[Generation]:
         if options.beam_size > 1:
             raise UnsupportedFeatureError("the vllm engine has no beam search", param="beam_size")
-        kwargs = [
-            sampling_kwargs(
-                options, len(w.prompt), self._forced(w), self.scores, self.model_suppress, self._rules(w, options)
-            )
-            for w in windows
-        ]
-        if options.temperature > 0:  # Whisper's fallback: each window's draws are its own
-            for window, kw in zip(windows, kwargs, strict=True):
-                kw["seed"] = sampling_seed(window, options.temperature)
+        kwargs = [self._sampling_kwargs(w, options) for w in windows]
+        read_after = [(w.prompt, w.duration_ms) for w in windows]  # the windows themselves may be gone by then
         outputs = self._submit(windows, kwargs, cancellation)
         generations = []
-        for window, output in zip(windows, outputs, strict=True):
+        for (prompt, duration_ms), output in zip(read_after, outputs, strict=True):
             completion = output.outputs[0]
             no_speech = None
             if options.no_speech_prob:
-                no_speech = no_speech_probability(window.prompt, output.prompt_logprobs, self.tokenizer)
+                no_speech = no_speech_probability(prompt, output.prompt_logprobs, self.tokenizer)
             generation = to_generation(
                 completion.token_ids, completion.logprobs, no_speech, self.tokenizer.eot, options.token_logprobs
             )
             if self.forced_tokens_per_30s is not None:
-                generation = self._as_complete(generation, window)
+                generation = self._as_complete(generation, duration_ms)
             generations.append(generation)
         return generations
+
+    def _sampling_kwargs(self, window: WindowInput, options: SamplingOptions) -> dict[str, Any]:
+        rules = self._rules(window, options)
+        kwargs = sampling_kwargs(
+            options, len(window.prompt), self._forced(window), self.scores, self.model_suppress, rules
+        )
+        if options.temperature > 0:  # Whisper's fallback: each window's draws are its own
+            kwargs["seed"] = sampling_seed(window, options.temperature)
+        return kwargs
 
     def _rules(self, window: WindowInput, options: SamplingOptions) -> dict[str, object]:
         timestamps = self.tokenizer.no_timestamps not in window.prompt
         rules = WindowRules(timestamps, options.suppress_blank, options.max_initial_timestamp_index)
         return rules_args(self.rule_tokens, rules)
 
-    def _as_complete(self, generation: Generation, window: WindowInput) -> Generation:
+    def _as_complete(self, generation: Generation, duration_ms: int) -> Generation:
         """Random weights' output as a finished decode: scores that never ask for a fallback and a last
         timestamp at the window's end, so no tail is decoded again; the work stays what vLLM did."""
-        end = self.tokenizer.timestamp_begin + min(window.duration_ms, 30_000) // MS_PER_TIMESTAMP
+        end = self.tokenizer.timestamp_begin + min(duration_ms, 30_000) // MS_PER_TIMESTAMP
         return replace(generation, tokens=(*generation.tokens, end), sum_logprob=0.0, no_speech_prob=0.0)
 
     def _forced(self, window: WindowInput) -> int | None:
@@ -402,7 +408,9 @@ class VllmEngine:
     def detect_language(self, windows: Sequence[WindowInput]) -> list[dict[str, float]]:
         allowed = list(self.tokenizer.language_tokens.values())
         kwargs = {"temperature": 0.0, "max_tokens": 1, "logprobs": LANGUAGE_TOP_K, "allowed_token_ids": allowed}
-        prompts = [WindowInput(w.features, (self.tokenizer.sot,), w.duration_ms, w.samples) for w in windows]
+        prompts = HandedOverWindows(replace(w, prompt=(self.tokenizer.sot,)) for w in windows)
+        if isinstance(windows, HandedOverWindows):
+            windows.clear()  # their features live on in `prompts` only
         outputs = self._submit(prompts, [kwargs] * len(prompts))
         return [language_probabilities(o.outputs[0].logprobs, self.tokenizer) for o in outputs]
 

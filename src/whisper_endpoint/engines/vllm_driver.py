@@ -69,31 +69,37 @@ class EngineDriver:
 
     def submit(
         self,
-        windows: Sequence[Any],
+        windows: list[Any],
         params: Sequence[Any],
         prepare: Callable[[Any], Any],
         cancellation: Cancellation | None = None,
     ) -> list[Any]:
         """vLLM's final output for each window, whose prompt (or processed input) `prepare(window)` makes in
-        this thread; a bad input fails its own window only. Once `cancellation` is set, the windows still in
-        vLLM are aborted there and the call raises CancelledRequestError."""
+        this thread; a bad input fails its own window only. Takes the windows: each entry of `windows` is set to
+        None once its request is made, so a window's inputs live on in that request only, which vLLM lets go
+        once it has sent it to its engine core. Once `cancellation` is set, the windows still in vLLM are
+        aborted there and the call raises CancelledRequestError."""
         futures: list[Future[Any]] = []
         ids: list[str] = []
-        for window, p in zip(windows, params, strict=True):
-            future: Future[Any] = Future()
-            try:
-                with self._preparing:
-                    prompt = prepare(window)
-                    ids.append(uuid.uuid4().hex)
-                    request = self._engine.input_processor.process_inputs(ids[-1], prompt, p, self._tasks)
-            except Exception as exc:
-                future.set_exception(exc)
-            else:
-                self._inbox.put((request, future))
-            futures.append(future)
+        for i, p in enumerate(params):
+            ids.append(uuid.uuid4().hex)
+            futures.append(self._queue(ids[-1], windows[i], p, prepare))
+            windows[i] = None
         # After the windows: the inbox is read in order, so an abort never overtakes what it aborts.
         with on_cancel(cancellation, lambda: self._inbox.put((_ABORT, ids))):
             return [f.result() for f in futures]
+
+    def _queue(self, request_id: str, window: Any, params: Any, prepare: Callable[[Any], Any]) -> Future[Any]:
+        """The future of one window's output, its request queued for the driver thread (or the future failed)."""
+        future: Future[Any] = Future()
+        try:
+            with self._preparing:
+                request = self._engine.input_processor.process_inputs(request_id, prepare(window), params, self._tasks)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            self._inbox.put((request, future))
+        return future
 
     def close(self) -> None:
         self._inbox.put(_STOP)
