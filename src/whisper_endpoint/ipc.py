@@ -175,6 +175,7 @@ class BatchingSender:
             last = batch.pop() if isinstance(batch[-1], _Last) else None
             if batch:
                 self._send(batch, batch)
+            del batch  # not held while the next item is awaited: windows in it may be large
             if last is not None:
                 if last.message is not _NOTHING:
                     self._send(last.message, [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from whisper_endpoint.engines.base import (
     DescribedEngine,
     EngineDescription,
     Generation,
+    HandedOverWindows,
     SamplingOptions,
     WindowInput,
 )
@@ -240,3 +242,43 @@ def test_chunks_that_wait_as_16_bit_pcm_give_the_same_transcript(tiny_engine: CT
     assert [(s.start_ms, s.end_ms, s.text) for s in waited.segments] == [
         (s.start_ms, s.end_ms, s.text) for s in plain.segments
     ]
+
+
+class _WaitingElsewhere(_BatchingItself):
+    """The real engine as an engine in another process sees it: the windows leave the list it is handed, as
+    the socket's sender takes them once sent; it then notes whether the caller still holds any window's log-mel
+    while the decode runs. Every first decode is made unsure, so each window is sent again at the next
+    temperature."""
+
+    def __init__(self, engine: CTranslate2Engine) -> None:
+        super().__init__(engine)
+        self.sent: list[tuple[float, list[np.ndarray]]] = []  # copies of each call's log-mels
+        self.caller_held: list[list[bool]] = []
+
+    def generate(
+        self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+    ) -> list[Generation]:
+        assert isinstance(windows, HandedOverWindows)
+        mine = list(windows)
+        windows.clear()
+        refs = [weakref.ref(w.features) for w in mine if w.features is not None]
+        self.sent.append((options.temperature, [np.array(r()) for r in refs]))
+        out = self.engine.generate(mine, options, cancellation)
+        del mine
+        self.caller_held.append([r() is not None for r in refs])
+        if options.temperature == 0:
+            out = [replace(g, sum_logprob=-100.0 * (len(g.tokens) + 1), no_speech_prob=0.0) for g in out]
+        return out
+
+
+def test_a_window_waiting_in_an_engine_elsewhere_is_held_without_its_log_mel(tiny_engine: CTranslate2Engine) -> None:
+    """A front-end process holds a waiting window's samples only (16-bit), not its log-mel as well; a retry at
+    the next temperature makes the same log-mel again from them."""
+    engine = _WaitingElsewhere(tiny_engine)
+    clip = clips("B_librispeech/test-clean")[0]  # a 16 kHz, 16-bit FLAC
+    transcript = transcribe(AudioSource(clip.path), engine, DecodeOptions(language="en"))
+    assert wer([clip.reference], [transcript.text]) < 0.3  # sampled at 0.2, as every retry is
+    assert engine.caller_held and not any(any(held) for held in engine.caller_held)
+    (first_t, first), (retry_t, retried) = engine.sent[:2]
+    assert (first_t, retry_t) == (0.0, 0.2) and len(retried) == len(first) >= 1
+    assert all(np.array_equal(a, b) for a, b in zip(first, retried, strict=True))  # exact for a 16-bit upload

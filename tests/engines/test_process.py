@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +21,15 @@ from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.transcribe import transcribe
 from whisper_endpoint.engines import load_engine
-from whisper_endpoint.engines.base import Cancellation, Capabilities, Engine, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import (
+    Cancellation,
+    Capabilities,
+    Engine,
+    Generation,
+    HandedOverWindows,
+    SamplingOptions,
+    WindowInput,
+)
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.engines.pool import EnginePool
 from whisper_endpoint.engines.process import ProcessEngine
@@ -263,3 +272,24 @@ def test_a_temp_dir_too_long_for_a_socket_is_a_clear_error(tmp_path, monkeypatch
     with ThreadPoolExecutor(1) as calls, pytest.raises(EngineUnavailableError, match="set TMPDIR to a shorter path"):
         EngineListener(lambda method, args, cancellation: None, calls)
     assert list(deep.iterdir()) == []  # its folder is gone with it
+
+
+@pytest.mark.parametrize("handed_over", [True, False], ids=["handed over", "a caller's own list"])
+def test_windows_handed_to_an_engine_process_are_not_held_here_while_it_decodes(handed_over: bool) -> None:
+    """Once sent, a handed-over window's log-mel is held by nothing in the calling process (a front-end process
+    has about 64 windows waiting in vLLM under load); a caller's own list is left as it was."""
+    engine = ProcessEngine(slow_engine, Settings(request_timeout_s=1.5))
+    try:
+        made = [WindowInput(np.full((80, 3000), i, np.float32), (1,), 30_000) for i in range(20)]  # two messages
+        refs = [weakref.ref(w.features) for w in made if w.features is not None]
+        windows: list[WindowInput] = HandedOverWindows(made) if handed_over else list(made)
+        del made
+        caller = threading.Thread(target=lambda: engine.generate(windows, SamplingOptions()))
+        caller.start()
+        time.sleep(1.0)  # sent, and the engine still decoding
+        held = [r() is not None for r in refs]
+        caller.join(timeout=10)
+        assert held == [not handed_over] * 20
+        assert len(windows) == (0 if handed_over else 20)
+    finally:
+        engine.close()

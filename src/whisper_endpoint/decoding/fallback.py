@@ -5,10 +5,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from whisper_endpoint.decoding.options import DecodeOptions
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
-from whisper_endpoint.engines.base import Engine, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import Engine, Generation, HandedOverWindows, SamplingOptions, WindowInput
 
 # Above this many characters per second of audio, text is denser than anyone speaks (a loop).
 MAX_SPOKEN_CHARS_PER_S = 25.0
@@ -48,13 +49,23 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def decode_with_fallback(engine: Engine, windows: Sequence[WindowInput], options: DecodeOptions) -> list[Decoded]:
-    """Decode all windows at the first temperature; retry only the failing ones at the next.
+class Windows(Protocol):
+    """The windows of one decode: a list, or windows made each time one is read (transcribe's, for an engine
+    that keeps no samples: each is made again with its log-mel for a retry, rather than kept while it waits)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> WindowInput: ...
+
+
+def decode_with_fallback(engine: Engine, windows: Windows, options: DecodeOptions) -> list[Decoded]:
+    """Decode all windows at the first temperature; retry only the failing ones at the next. Each call is
+    handed a list of its own (HandedOverWindows): nothing here reads a window once it is sent.
 
     Unless the caller reports it, the no-speech probability is computed only where the silence rule reads
     it: for a decode whose mean log-probability is below the threshold, with a one-token decode of that
     window. It depends on the audio and prompt only, so one value serves every temperature."""
-    attempts: list[list[Decoded]] = [[] for _ in windows]
+    attempts: list[list[Decoded]] = [[] for _ in range(len(windows))]
     pending = list(range(len(windows)))
     suppress = tuple(engine.tokenizer.non_speech_tokens) if options.suppress_non_speech_symbols else (-1,)
     no_speech: dict[int, float] = {}
@@ -68,16 +79,20 @@ def decode_with_fallback(engine: Engine, windows: Sequence[WindowInput], options
             suppress_tokens=suppress,
             no_speech_prob=options.report_no_speech_prob,
         )
-        generations = engine.generate([windows[i] for i in pending], sampling)
+        sent = HandedOverWindows(windows[i] for i in pending)
+        durations_ms = [w.duration_ms for w in sent]
+        generations = engine.generate(sent, sampling)
         decoded = {
-            i: _decoded(g, temperature, windows[i], engine, options) for i, g in zip(pending, generations, strict=True)
+            i: _decoded(g, temperature, ms, engine, options)
+            for i, g, ms in zip(pending, generations, durations_ms, strict=True)
         }
         unsure = [
             i
             for i, d in decoded.items()
             if d.generation.no_speech_prob is None and d.unsure(options) and i not in no_speech
         ]
-        no_speech.update(zip(unsure, _no_speech_probs(engine, [windows[i] for i in unsure], suppress), strict=True))
+        probes = HandedOverWindows(windows[i] for i in unsure)
+        no_speech.update(zip(unsure, _no_speech_probs(engine, probes, suppress), strict=True))
         retry = []
         for index, attempt in decoded.items():
             if attempt.generation.no_speech_prob is None and index in no_speech:
@@ -90,7 +105,7 @@ def decode_with_fallback(engine: Engine, windows: Sequence[WindowInput], options
 
 
 def _decoded(
-    generation: Generation, temperature: float, window: WindowInput, engine: Engine, options: DecodeOptions
+    generation: Generation, temperature: float, duration_ms: int, engine: Engine, options: DecodeOptions
 ) -> Decoded:
     text = engine.tokenizer.decode([t for t in generation.tokens if t < engine.tokenizer.eot])
     ratio = compression_ratio(text)
@@ -100,11 +115,11 @@ def _decoded(
         avg_logprob=generation.sum_logprob / (len(generation.tokens) + 1),
         compression_ratio=ratio,
         looping=ratio > options.compression_ratio_threshold
-        and not _explained_by_audio(generation, text, window.duration_ms, engine),
+        and not _explained_by_audio(generation, text, duration_ms, engine),
     )
 
 
-def _no_speech_probs(engine: Engine, windows: Sequence[WindowInput], suppress: tuple[int, ...]) -> list[float]:
+def _no_speech_probs(engine: Engine, windows: HandedOverWindows, suppress: tuple[int, ...]) -> list[float]:
     if not windows:
         return []
     asked = SamplingOptions(max_new_tokens=1, suppress_tokens=suppress, no_speech_prob=True)

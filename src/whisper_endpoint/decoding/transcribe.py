@@ -14,7 +14,7 @@ from whisper_endpoint.audio.chunking import AudioChunk, as_float32, compact_samp
 from whisper_endpoint.audio.decode import AudioSource, iter_audio
 from whisper_endpoint.audio.features import HOP_LENGTH, WINDOW_SAMPLES, bf16_bits, log_mel_window
 from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
-from whisper_endpoint.decoding.fallback import Decoded, TimedTokens, decode_with_fallback, split_timestamps
+from whisper_endpoint.decoding.fallback import Decoded, TimedTokens, Windows, decode_with_fallback, split_timestamps
 from whisper_endpoint.decoding.options import MAX_PROMPT_TOKENS, DecodeOptions
 from whisper_endpoint.decoding.words import SegmentSpan, words_for_window
 from whisper_endpoint.engines.base import AlignInput, Engine, WindowInput
@@ -192,7 +192,7 @@ def _batched(ctx: _Context, chunks: Iterator[AudioChunk], progress: ProgressCall
         _detect_language(ctx, features[0], group[0].samples)
         if not _reads_samples(ctx.engine):  # they wait only to cut a lost tail: in half the bytes
             group = [replace(c, samples=compact_samples(c.samples)) for c in group]
-        decoded = _decode_chunks(ctx, group, features)
+        decoded = _decode_chunks(ctx, group, features)  # may take the features (see there)
         # Whisper often stops before the last words of a full window; decode such tails again.
         tails = {i: t for i, (c, d) in enumerate(zip(group, decoded, strict=True)) if (t := _lost_tail(ctx, c, d))}
         tail_chunks = list(tails.values())
@@ -217,17 +217,48 @@ def _reads_samples(engine: Engine) -> bool:
     return not (caps.log_mel_input and caps.continuous_batching)
 
 
-def _decode_chunks(ctx: _Context, chunks: Sequence[AudioChunk], features: Sequence[np.ndarray | None]) -> list[Decoded]:
+def _decode_chunks(
+    ctx: _Context,
+    chunks: Sequence[AudioChunk],
+    features: list[np.ndarray | None],
+    previous: Sequence[int] | None = None,
+) -> list[Decoded]:
+    """Each chunk's decode, prompted with `previous` text (the request's prompt when None). `features`: each
+    chunk's log-mel (None for an engine that makes its own). An engine that keeps no samples is sent them
+    once and the list's entries become None (words, which would read them again, are asked of no such engine)."""
     if not chunks:
         return []
-    with_samples = _reads_samples(ctx.engine)
-    windows = [
-        WindowInput(
-            f, _prompt(ctx, ctx.prompt_tokens), samples_to_ms(len(c.samples)), c.samples if with_samples else None
-        )
-        for f, c in zip(features, chunks, strict=True)
-    ]
+    prompt = _prompt(ctx, ctx.prompt_tokens if previous is None else previous)
+    if _reads_samples(ctx.engine) or ctx.options.word_timestamps:
+        with_samples = _reads_samples(ctx.engine)
+        windows: Windows = [
+            WindowInput(f, prompt, samples_to_ms(len(c.samples)), c.samples if with_samples else None)
+            for f, c in zip(features, chunks, strict=True)
+        ]
+    else:
+        windows = _SentOnce(ctx.engine, chunks, prompt, features)
     return decode_with_fallback(ctx.engine, windows, ctx.options)
+
+
+class _SentOnce:
+    """Windows made as they are sent, for an engine that keeps no samples (vLLM): each takes its chunk's log-mel
+    with it, made again from the chunk's samples for a retry, so a front-end process holds only the samples of
+    its windows waiting in the engine (about 64 of them each, under load), not their log-mel too."""
+
+    def __init__(
+        self, engine: Engine, chunks: Sequence[AudioChunk], prompt: tuple[int, ...], features: list[np.ndarray | None]
+    ) -> None:
+        self._engine, self._chunks, self._prompt, self._features = engine, chunks, prompt, features
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def __getitem__(self, index: int, /) -> WindowInput:
+        chunk = self._chunks[index]
+        features, self._features[index] = self._features[index], None
+        if features is None:
+            features = _features(self._engine, as_float32(chunk.samples))
+        return WindowInput(features, self._prompt, samples_to_ms(len(chunk.samples)))
 
 
 def _lost_tail(ctx: _Context, chunk: AudioChunk, decoded: Decoded) -> AudioChunk | None:
@@ -254,12 +285,10 @@ def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressC
         if not _speech_frames(window).any():
             seek = window.end
             continue
-        features = _features(ctx.engine, window.samples)
-        _detect_language(ctx, features, window.samples)
-        samples = window.samples if _reads_samples(ctx.engine) else None
-        window_input = WindowInput(features, _prompt(ctx, previous), samples_to_ms(len(window.samples)), samples)
-        decoded = decode_with_fallback(ctx.engine, [window_input], ctx.options)
-        segments = list(_emit(ctx, [window], [features], decoded, keep_tail=False))
+        features = [_features(ctx.engine, window.samples)]
+        _detect_language(ctx, features[0], window.samples)
+        decoded = _decode_chunks(ctx, [window], features, previous)
+        segments = list(_emit(ctx, [window], features, decoded, keep_tail=False))
         yield from segments
         consumed = ctx.consumed_ms * SAMPLE_RATE // 1000
         seek = window.start + consumed if consumed > 0 else window.end

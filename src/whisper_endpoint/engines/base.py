@@ -67,9 +67,10 @@ class WindowInput:
 
 
 class HandedOverWindows(list[WindowInput]):
-    """A call's windows that nothing else holds (they came from another process): an engine may take each one
-    out of the list, and with it its features, once it has a copy of its own. Under load the vLLM engine process
-    has about a thousand windows in flight, 0.77 MB of log-mel each, which vLLM holds from when each is added."""
+    """A call's windows in a list its caller does not read again (made for this one call, or received from
+    another process): an engine may take each window out once it has a copy of its own, and where nothing else
+    holds that window, its features go then. Under load about a thousand windows wait for vLLM at once, each
+    with 0.77 MB of log-mel, which vLLM holds itself from when the window is added."""
 
 
 @dataclass(frozen=True)

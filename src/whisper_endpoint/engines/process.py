@@ -258,8 +258,10 @@ class RemoteEngine(DescribedEngine):
     def _call(
         self, method: str, items: Sequence[Any], *rest: Any, cancellation: Cancellation | None = None
     ) -> list[Any]:
-        parts = [items[i : i + MAX_WINDOWS_PER_MESSAGE] for i in range(0, len(items), MAX_WINDOWS_PER_MESSAGE)]
-        sent = [self._send(method, (list(part), *rest)) for part in parts]
+        step = MAX_WINDOWS_PER_MESSAGE
+        sent = [self._send(method, (list(items[i : i + step]), *rest)) for i in range(0, len(items), step)]
+        if isinstance(items, HandedOverWindows):
+            items.clear()  # the sender holds them until they are sent, and then nothing in this process does
         with on_cancel(cancellation, lambda: self._abort([call_id for call_id, _ in sent])):
             return [result for _, future in sent for result in future.result()]
 
