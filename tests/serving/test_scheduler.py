@@ -15,7 +15,14 @@ import pytest
 from tests.conftest import JFK, RunningServer, metric_value, start_server
 from tests.datasets import DATA, english_normalizer
 from whisper_endpoint.config import Settings
-from whisper_endpoint.engines.base import Cancellation, Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import (
+    Cancellation,
+    Capabilities,
+    Generation,
+    HandedOverWindows,
+    SamplingOptions,
+    WindowInput,
+)
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
 from whisper_endpoint.errors import CancelledRequestError
 from whisper_endpoint.serving.metrics import Metrics
@@ -247,3 +254,26 @@ def test_disconnect_cancels_the_work(server: RunningServer) -> None:
     assert metric_value(metrics, CANCELLED) > metric_value(before, CANCELLED)
     assert metric_value(metrics, "whisper_requests_inflight") == 0
     assert metric_value(metrics, "whisper_queue_windows") == 0
+
+
+def test_a_call_straight_to_a_self_batching_engine_hands_over_its_windows() -> None:
+    """Handed-over windows reach the engine as the same list, so it may let each go as it takes it (vLLM in the
+    server's own process); the scheduler keeps no copy."""
+    received: list[Sequence[WindowInput]] = []
+
+    class Taking(SlowFakeEngine):
+        capabilities = Capabilities(continuous_batching=True)
+
+        def generate(
+            self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+        ) -> list[Generation]:
+            received.append(windows)
+            count = len(windows)
+            if isinstance(windows, HandedOverWindows):
+                windows.clear()
+            return [Generation((), 0.0, 0.0) for _ in range(count)]
+
+    scheduler = Scheduler(Taking(), Metrics(), 4, 0.005)  # type: ignore[arg-type]
+    handed = HandedOverWindows([_window(1.0), _window(2.0)])
+    assert len(scheduler.run_now("generate", handed, SamplingOptions(), None)) == 2
+    assert received[0] is handed and handed == []

@@ -171,9 +171,10 @@ class Scheduler:
         self, kind: str, items: Sequence[Any], options: SamplingOptions | None, cancellation: Cancellation | None
     ) -> list[Any]:
         """One call straight to an engine that batches concurrent calls itself (no packing: that needs
-        a batch formed here); the engine may drop its windows once `cancellation` is set."""
+        a batch formed here); the engine may drop its windows once `cancellation` is set. The list goes as it
+        came: handed-over windows stay handed over (HandedOverWindows)."""
         self.metrics.batch_size.observe(len(items))
-        return self._call(kind, list(items), options, cancellation)
+        return self._call(kind, items, options, cancellation)
 
     def _run(
         self, kind: str, items: list[Any], options: SamplingOptions | None, groups: Sequence[str] | None
