@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from whisper_endpoint.config import Settings
-from whisper_endpoint.engines.base import Cancellation, Capabilities, Generation, SamplingOptions, WindowInput
+from whisper_endpoint.engines.base import (
+    Cancellation,
+    Capabilities,
+    Generation,
+    HandedOverWindows,
+    SamplingOptions,
+    WindowInput,
+)
 from whisper_endpoint.engines.pool import EnginePool, split_cpus, vllm_pool
 from whisper_endpoint.errors import EngineUnavailableError
 
@@ -85,3 +92,28 @@ def test_cpus_split_into_equal_contiguous_shares() -> None:
     assert split_cpus(set(range(32)), 2) == [frozenset(range(16)), frozenset(range(16, 32))]
     assert split_cpus({0, 1, 2, 5, 6}, 2) == [frozenset({0, 1}), frozenset({2, 5, 6})]
     assert split_cpus({3}, 2) == [None, None]  # too few to split: every engine may use all
+
+
+def test_handed_over_windows_reach_each_engine_handed_over() -> None:
+    """Each engine may let its share of the windows go as it takes them (its share is a list of its own); the
+    caller's list is emptied, and the answers come back in order."""
+    received: list[Sequence[WindowInput]] = []
+
+    class Taking(TimedFakeEngine):
+        def generate(
+            self, windows: Sequence[WindowInput], options: SamplingOptions, cancellation: Cancellation | None = None
+        ) -> list[Generation]:
+            received.append(windows)
+            answers = super().generate(windows, options, cancellation)
+            if isinstance(windows, HandedOverWindows):
+                windows.clear()
+            return answers
+
+    pool = EnginePool([Taking(0.0), Taking(0.0)])  # type: ignore[list-item]
+    handed = HandedOverWindows(_windows(0, 6))
+    assert [g.tokens[0] for g in pool.generate(handed, SamplingOptions())] == list(range(6))
+    assert handed == [] and len(received) == 2
+    assert all(isinstance(share, HandedOverWindows) and share == [] for share in received)
+    plain = _windows(10, 4)
+    assert [g.tokens[0] for g in pool.generate(plain, SamplingOptions())] == list(range(10, 14))
+    assert len(plain) == 4 and not any(isinstance(share, HandedOverWindows) for share in received[2:])

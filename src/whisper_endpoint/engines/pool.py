@@ -24,6 +24,7 @@ from whisper_endpoint.engines.base import (
     Engine,
     EngineDescription,
     Generation,
+    HandedOverWindows,
     SamplingOptions,
     WindowInput,
     engine_alive,
@@ -63,9 +64,14 @@ class EnginePool(DescribedEngine):
                 shares[least].append(i)
                 self.outstanding[least] += 1
 
+        parts: list[list[Any]] = [[items[i] for i in share] for share in shares]
+        if isinstance(items, HandedOverWindows):  # they stay handed over, in a list per engine
+            parts = [HandedOverWindows(part) for part in parts]
+            items.clear()
+
         def run(e: int) -> list[T]:
             try:
-                return call(self.engines[e], [items[i] for i in shares[e]])
+                return call(self.engines[e], parts[e])
             finally:
                 with self._lock:
                     self.outstanding[e] -= len(shares[e])
@@ -75,7 +81,7 @@ class EnginePool(DescribedEngine):
         futures = {e: self._calls.submit(run, e) for e in used[:-1]}
         results = {used[-1]: run(used[-1])} if used else {}
         results.update({e: f.result() for e, f in futures.items()})
-        out: list[Any] = [None] * len(items)
+        out: list[Any] = [None] * sum(len(share) for share in shares)  # `items` may be emptied by now
         for e in used:
             for i, result in zip(shares[e], results[e], strict=True):
                 out[i] = result
