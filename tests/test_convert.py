@@ -10,7 +10,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from whisper_endpoint.config import Settings
-from whisper_endpoint.convert import convert, read_ct2
+from whisper_endpoint.convert import convert, model_folder, read_ct2
 from whisper_endpoint.models import resolve_model
 
 
@@ -63,3 +63,17 @@ def test_tiny_en_converts_to_the_hugging_face_layout(tmp_path: Path) -> None:
 
     ct2_suppress = json.loads((src / "config.json").read_text())["suppress_ids"]
     assert len(ct2_suppress) > 50 and model_suppress_tokens(out) == tuple(ct2_suppress)
+
+
+def test_bundled_weights_are_converted_once_for_vllm(tmp_path: Path) -> None:
+    folder = model_folder("tiny.en", tmp_path)
+    assert folder == tmp_path / "hf" / "tiny.en"
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    assert model_folder("tiny.en", tmp_path) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written  # reused, not converted again
+    assert model_folder(str(folder), tmp_path) == folder  # a Hugging Face folder is used as it is
+    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["tiny.en"]  # no temporary folder left
+    ct2 = resolve_model("tiny.en", tmp_path).path  # a CTranslate2 folder has a config.json too: converted
+    converted = model_folder(str(ct2), tmp_path)
+    assert converted != ct2 and (converted / "model.safetensors").is_file()

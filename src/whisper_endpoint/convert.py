@@ -9,8 +9,11 @@ tokenizer carries.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +21,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from whisper_endpoint.decoding.languages import LANGUAGES
-from whisper_endpoint.errors import WhisperEndpointError
+from whisper_endpoint.errors import EngineUnavailableError, WhisperEndpointError
+from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_BINARY_VERSION = 6
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
@@ -267,4 +273,30 @@ def convert(src: Path, out: Path) -> Path:
             indent=1,
         )
     )
+    return out
+
+
+def model_folder(model: str, cache_dir: Path) -> Path:
+    """A Hugging Face Whisper folder for vLLM: the folder given or fetched from the hub, or the conversion
+    of a bundled alias or a CTranslate2 folder, made once into the cache."""
+    path = Path(model).expanduser()
+    if is_hub_id(model):
+        path = download_model(model, cache_dir)  # a clear error offline
+        if not (path / "config.json").is_file() and (path / "model.bin").is_file():
+            model = str(path)  # a CTranslate2 repo: converted below
+    if (path / "config.json").is_file() and not (path / "model.bin").is_file():  # model.bin: CTranslate2's
+        return path  # weights in any layout vLLM reads, or none (load_format=dummy)
+    if model not in BUNDLED_ALIASES and not (path / "model.bin").is_file():
+        raise EngineUnavailableError(
+            f"--engine vllm needs a Hugging Face Whisper folder (config.json, safetensors, tokenizer.json), a "
+            f"bundled alias, a hub repo id or a CTranslate2 folder; {model!r} is none of them"
+        )
+    files = resolve_model(model, cache_dir)
+    out = cache_dir / "hf" / files.name
+    if not (out / "model.safetensors").is_file():
+        log.info("converting %s to the Hugging Face layout in %s", files.path, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # atomic: a half-written folder never counts
+            shutil.rmtree(out, ignore_errors=True)
+            convert(files.path, Path(tmp) / "model").rename(out)
     return out

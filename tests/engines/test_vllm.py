@@ -22,6 +22,7 @@ import pytest
 
 from tests.engines.stand_ins import install_modules
 from whisper_endpoint.config import Settings
+from whisper_endpoint.convert import model_folder
 from whisper_endpoint.engines import load_engine, vllm_installed
 from whisper_endpoint.engines.base import SamplingOptions, WindowInput
 from whisper_endpoint.engines.ctranslate2 import CTranslate2Engine
@@ -32,13 +33,11 @@ from whisper_endpoint.engines.vllm import (
     engine_prompt,
     holds_new_windows,
     language_probabilities,
-    model_folder,
     no_speech_probability,
     sampling_kwargs,
     to_generation,
 )
 from whisper_endpoint.errors import EngineUnavailableError, WhisperEndpointError
-from whisper_endpoint.models import resolve_model
 
 
 def test_configuration_follows_the_compute_capability() -> None:
@@ -222,20 +221,6 @@ def test_language_probabilities_renormalise_over_languages(engine: CTranslate2En
     probs = language_probabilities([top], tok)
     assert set(probs) == {"de", "en"}
     assert probs["de"] == pytest.approx(0.75) and probs["en"] == pytest.approx(0.25)
-
-
-def test_bundled_weights_are_converted_once_for_vllm(tmp_path: Path) -> None:
-    folder = model_folder("tiny.en", tmp_path)
-    assert folder == tmp_path / "hf" / "tiny.en"
-    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-    written = (folder / "model.safetensors").stat().st_mtime_ns
-    assert model_folder("tiny.en", tmp_path) == folder
-    assert (folder / "model.safetensors").stat().st_mtime_ns == written  # reused, not converted again
-    assert model_folder(str(folder), tmp_path) == folder  # a Hugging Face folder is used as it is
-    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["tiny.en"]  # no temporary folder left
-    ct2 = resolve_model("tiny.en", tmp_path).path  # a CTranslate2 folder has a config.json too: converted
-    converted = model_folder(str(ct2), tmp_path)
-    assert converted != ct2 and (converted / "model.safetensors").is_file()
 
 
 def test_clear_errors_without_vllm_or_a_hugging_face_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

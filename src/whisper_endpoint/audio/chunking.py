@@ -1,6 +1,7 @@
 """Cut a stream of audio into speech chunks of at most 30 s at silences, keeping absolute offsets.
 
-Streaming: memory holds the chunk being built (<= 30 s) and one decoded block, never the whole file.
+Streaming: memory holds the chunk being built (<= 30 s) and one decoded block, never the whole file. Also
+openai/whisper's moving 30 s window (`WindowReader`), for the sequential strategy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.audio.features import WINDOW_SAMPLES
+from whisper_endpoint.audio.features import HOP_LENGTH, WINDOW_SAMPLES
 from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
 
 
@@ -237,3 +238,28 @@ def iter_speech_chunks(blocks: Iterator[np.ndarray], options: VadOptions | None 
         yield from add(last_span, None)
     if pending:
         yield chunk()
+
+
+class WindowReader:
+    """30 s windows at any seek position over a stream of blocks, holding at most one window plus a block."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self.blocks = blocks
+        self.base = 0
+        self.buffer = np.zeros(0, np.float32)
+        self.exhausted = False
+
+    def window(self, seek: int) -> AudioChunk | None:
+        while not self.exhausted and self.base + len(self.buffer) < seek + WINDOW_SAMPLES:
+            block = next(self.blocks, None)
+            if block is None:
+                self.exhausted = True
+            else:
+                self.buffer = np.concatenate([self.buffer, block])
+        drop = max(0, seek - self.base)
+        self.buffer, self.base = self.buffer[drop:], self.base + drop
+        samples = self.buffer[:WINDOW_SAMPLES]
+        # Whisper stops once less than one mel frame of audio is left.
+        if len(samples) < HOP_LENGTH:
+            return None
+        return AudioChunk(self.base, samples.copy())

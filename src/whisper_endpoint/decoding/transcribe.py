@@ -10,7 +10,7 @@ from itertools import islice
 import numpy as np
 
 from whisper_endpoint.audio import SAMPLE_RATE
-from whisper_endpoint.audio.chunking import AudioChunk, as_float32, compact_samples, iter_speech_chunks
+from whisper_endpoint.audio.chunking import AudioChunk, WindowReader, as_float32, compact_samples, iter_speech_chunks
 from whisper_endpoint.audio.decode import AudioSource, iter_audio
 from whisper_endpoint.audio.features import HOP_LENGTH, WINDOW_SAMPLES, bf16_bits, log_mel_window
 from whisper_endpoint.audio.vad import FRAME_SAMPLES, VadStream
@@ -277,7 +277,7 @@ def _lost_tail(ctx: _Context, chunk: AudioChunk, decoded: Decoded) -> AudioChunk
 
 
 def _sequential(ctx: _Context, blocks: Iterable[np.ndarray], progress: ProgressCallback | None) -> Iterator[Segment]:
-    reader = _WindowReader(iter(blocks))
+    reader = WindowReader(iter(blocks))
     seek = 0
     previous = list(ctx.prompt_tokens)
     while (window := reader.window(seek)) is not None:
@@ -396,28 +396,3 @@ def _overlaps_speech(speech: np.ndarray, piece: TimedTokens) -> bool:
     first = piece.start_ms // ms_per_frame
     last = max(first + 1, -(-piece.end_ms // ms_per_frame))
     return bool(speech[first:last].any())
-
-
-class _WindowReader:
-    """30 s windows at any seek position over a stream of blocks, holding at most one window plus a block."""
-
-    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
-        self.blocks = blocks
-        self.base = 0
-        self.buffer = np.zeros(0, np.float32)
-        self.exhausted = False
-
-    def window(self, seek: int) -> AudioChunk | None:
-        while not self.exhausted and self.base + len(self.buffer) < seek + WINDOW_SAMPLES:
-            block = next(self.blocks, None)
-            if block is None:
-                self.exhausted = True
-            else:
-                self.buffer = np.concatenate([self.buffer, block])
-        drop = max(0, seek - self.base)
-        self.buffer, self.base = self.buffer[drop:], self.base + drop
-        samples = self.buffer[:WINDOW_SAMPLES]
-        # Whisper stops once less than one mel frame of audio is left.
-        if len(samples) < HOP_LENGTH:
-            return None
-        return AudioChunk(self.base, samples.copy())

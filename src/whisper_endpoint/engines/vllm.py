@@ -13,8 +13,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 from whisper_endpoint.audio.features import log_mel_window
 from whisper_endpoint.config import Settings
-from whisper_endpoint.convert import convert
+from whisper_endpoint.convert import model_folder
 from whisper_endpoint.decoding.rules import ARGS_KEY, RuleTokens, WindowRules, rules_args
 from whisper_endpoint.decoding.tokenizer import MS_PER_TIMESTAMP, Tokenizer
 from whisper_endpoint.engines.base import (
@@ -40,7 +38,6 @@ from whisper_endpoint.engines.vllm_driver import EngineDriver
 from whisper_endpoint.engines.vllm_inputs import FeatureInputs, audio_prompt, check_window
 from whisper_endpoint.engines.vllm_plugin import plugin_args, register
 from whisper_endpoint.errors import EngineUnavailableError, UnsupportedFeatureError
-from whisper_endpoint.models import BUNDLED_ALIASES, download_model, is_hub_id, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -216,32 +213,6 @@ def _one_cpu_thread_for_torch() -> None:
         torch.set_num_threads(1)  # where torch was imported before
     except ImportError:
         pass
-
-
-def model_folder(model: str, cache_dir: Path) -> Path:
-    """A Hugging Face Whisper folder for vLLM: the folder given or fetched from the hub, or the conversion
-    of a bundled alias or a CTranslate2 folder, made once into the cache."""
-    path = Path(model).expanduser()
-    if is_hub_id(model):
-        path = download_model(model, cache_dir)  # a clear error offline
-        if not (path / "config.json").is_file() and (path / "model.bin").is_file():
-            model = str(path)  # a CTranslate2 repo: converted below
-    if (path / "config.json").is_file() and not (path / "model.bin").is_file():  # model.bin: CTranslate2's
-        return path  # weights in any layout vLLM reads, or none (load_format=dummy)
-    if model not in BUNDLED_ALIASES and not (path / "model.bin").is_file():
-        raise EngineUnavailableError(
-            f"--engine vllm needs a Hugging Face Whisper folder (config.json, safetensors, tokenizer.json), a "
-            f"bundled alias, a hub repo id or a CTranslate2 folder; {model!r} is none of them"
-        )
-    files = resolve_model(model, cache_dir)
-    out = cache_dir / "hf" / files.name
-    if not (out / "model.safetensors").is_file():
-        log.info("converting %s to the Hugging Face layout in %s", files.path, out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # atomic: a half-written folder never counts
-            shutil.rmtree(out, ignore_errors=True)
-            convert(files.path, Path(tmp) / "model").rename(out)
-    return out
 
 
 def holds_new_windows(step: int, every: int, running: int) -> bool:
