@@ -33,7 +33,7 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
 test: $(VENV)/.installed-test browser lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
