@@ -30,6 +30,7 @@ from benchmarks import command_line
 from whisper_endpoint.audio import SAMPLE_RATE
 from whisper_endpoint.audio.decode import AudioSource, load_audio
 from whisper_endpoint.audio.features import bf16_bits, log_mel_window
+from whisper_endpoint.bench import status_mib
 from whisper_endpoint.bench.corpus import make_corpus
 from whisper_endpoint.config import Settings
 from whisper_endpoint.decoding.options import DecodeOptions
@@ -72,11 +73,11 @@ class HoldingEngine(DescribedEngine):
         pass
 
 
-def status_mib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
+def _mib(pid: int, field: str) -> float:
+    value = status_mib(pid, field)
+    if value is None:
+        raise RuntimeError(f"the front-end process {pid} has ended")
+    return value
 
 
 def measure(files: list[Path], requests: int) -> dict[str, float]:
@@ -89,7 +90,7 @@ def measure(files: list[Path], requests: int) -> dict[str, float]:
     pool = FrontEndProcesses(1, [listener.address], engine)
     pool.start()
     pid = pool._running[0].process.pid
-    idle = status_mib(pid, "VmRSS")
+    idle = _mib(pid, "VmRSS")
     options = DecodeOptions(language="en")
 
     def one(i: int) -> int:
@@ -102,7 +103,7 @@ def measure(files: list[Path], requests: int) -> dict[str, float]:
             while engine.arrived < requests and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(1.0)  # the last windows' messages settle
-            held, peak = status_mib(pid, "VmRSS"), status_mib(pid, "VmHWM")
+            held, peak = _mib(pid, "VmRSS"), _mib(pid, "VmHWM")
             engine.release.set()
             segments = sum(f.result() for f in futures)
     finally:

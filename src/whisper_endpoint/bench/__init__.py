@@ -105,14 +105,19 @@ def stop_server(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         proc.kill()
 
 
-def peak_rss_mib(pid: int) -> float | None:
+def status_mib(pid: int, field: str) -> float | None:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM, RssAnon, ...) in MiB; None once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    return status_mib(pid, "VmHWM")
 
 
 @dataclass(frozen=True)
