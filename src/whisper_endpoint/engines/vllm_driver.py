@@ -81,7 +81,7 @@ class EngineDriver:
         aborted there and the call raises CancelledRequestError."""
         futures: list[Future[Any]] = []
         ids: list[str] = []
-        for i, p in enumerate(params):
+        for i, p in zip(range(len(windows)), params, strict=True):
             ids.append(uuid.uuid4().hex)
             futures.append(self._queue(ids[-1], windows[i], p, prepare))
             windows[i] = None
