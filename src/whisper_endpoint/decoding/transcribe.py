@@ -229,8 +229,8 @@ def _decode_chunks(
     if not chunks:
         return []
     prompt = _prompt(ctx, ctx.prompt_tokens if previous is None else previous)
-    if _reads_samples(ctx.engine) or ctx.options.word_timestamps:
-        with_samples = _reads_samples(ctx.engine)
+    with_samples = _reads_samples(ctx.engine)
+    if with_samples or ctx.options.word_timestamps:
         windows: Windows = [
             WindowInput(f, prompt, samples_to_ms(len(c.samples)), c.samples if with_samples else None)
             for f, c in zip(features, chunks, strict=True)

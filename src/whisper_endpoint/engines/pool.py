@@ -28,6 +28,7 @@ from whisper_endpoint.engines.base import (
     SamplingOptions,
     WindowInput,
     engine_alive,
+    let_go,
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
 
@@ -67,7 +68,7 @@ class EnginePool(DescribedEngine):
         parts: list[list[Any]] = [[items[i] for i in share] for share in shares]
         if isinstance(items, HandedOverWindows):  # they stay handed over, in a list per engine
             parts = [HandedOverWindows(part) for part in parts]
-            items.clear()
+        let_go(items)
 
         def run(e: int) -> list[T]:
             try:

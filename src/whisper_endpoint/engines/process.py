@@ -35,6 +35,7 @@ from whisper_endpoint.engines.base import (
     HandedOverWindows,
     SamplingOptions,
     WindowInput,
+    let_go,
     on_cancel,
 )
 from whisper_endpoint.errors import EngineFailedError, EngineUnavailableError
@@ -260,8 +261,7 @@ class RemoteEngine(DescribedEngine):
     ) -> list[Any]:
         step = MAX_WINDOWS_PER_MESSAGE
         sent = [self._send(method, (list(items[i : i + step]), *rest)) for i in range(0, len(items), step)]
-        if isinstance(items, HandedOverWindows):
-            items.clear()  # the sender holds them until they are sent, and then nothing in this process does
+        let_go(items)  # the sender holds them until they are sent, and then nothing in this process does
         with on_cancel(cancellation, lambda: self._abort([call_id for call_id, _ in sent])):
             return [result for _, future in sent for result in future.result()]
 

@@ -32,6 +32,7 @@ from whisper_endpoint.engines.base import (
     HandedOverWindows,
     SamplingOptions,
     WindowInput,
+    let_go,
     sampling_seed,
 )
 from whisper_endpoint.engines.vllm_driver import EngineDriver
@@ -380,8 +381,7 @@ class VllmEngine:
         allowed = list(self.tokenizer.language_tokens.values())
         kwargs = {"temperature": 0.0, "max_tokens": 1, "logprobs": LANGUAGE_TOP_K, "allowed_token_ids": allowed}
         prompts = HandedOverWindows(replace(w, prompt=(self.tokenizer.sot,)) for w in windows)
-        if isinstance(windows, HandedOverWindows):
-            windows.clear()  # their features live on in `prompts` only
+        let_go(windows)  # their features live on in `prompts` only
         outputs = self._submit(prompts, [kwargs] * len(prompts))
         return [language_probabilities(o.outputs[0].logprobs, self.tokenizer) for o in outputs]
 
